@@ -1,0 +1,128 @@
+"""Storage: one way to read and write local paths and ``s3://`` URIs, and atomic publishing.
+
+A published dataset (or any output folder) is trusted only through its manifest:
+
+    <uri>/manifest.json        written last; lists files, row counts, checksums, config, taxonomy
+    <uri>/data/part-*.parquet  what the manifest lists (nothing else in the folder is trusted)
+
+Writers put files under ``<uri>/_staging/<attempt>/`` first, then copy them into place, verify
+them, and only then write the manifest. A crash before the manifest leaves no committed output,
+so readers (``read_manifest``) never see a partial dataset as complete.
+
+S3 settings come from the environment (never from config files): ``AWS_ENDPOINT_URL`` (e.g. a moto
+server on 127.0.0.1), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+MANIFEST = "manifest.json"
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path within it) for a local path or an s3:// URI."""
+    uri = str(uri)
+    if is_s3(uri):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        kwargs: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+        if endpoint:
+            kwargs["endpoint_override"] = endpoint
+            kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
+            # Virtual-host addressing needs DNS for bucket names; a local endpoint has none.
+            kwargs["force_virtual_addressing"] = False
+        return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([str(uri).rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def list_files(uri: str) -> list[str]:
+    """URIs of all files under `uri` (recursive), sorted."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    prefix = "s3://" if is_s3(uri) else ""
+    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
+
+
+def delete(uri: str) -> None:
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def sha256(uri: str) -> str:
+    return hashlib.sha256(read_bytes(uri)).hexdigest()
+
+
+def read_manifest(uri: str) -> dict | None:
+    """The committed manifest of an output folder, or None when nothing is committed there."""
+    target = join(uri, MANIFEST)
+    if not exists(target):
+        return None
+    return json.loads(read_bytes(target))
+
+
+def commit_manifest(uri: str, files: list[str], extra: dict[str, Any], verify: bool = True) -> dict:
+    """Verify `files` (URIs under `uri`) and write the manifest last; returns it.
+
+    `extra` carries row counts, config, taxonomy version, lineage. Checksums are computed from
+    what storage now holds, so a file truncated by a failed upload fails here, not at read time.
+    """
+    entries = []
+    for f in files:
+        if not str(f).startswith(str(uri).rstrip("/") + "/"):
+            raise ValueError(f"{f} is not under {uri}")
+        entries.append({"path": f[len(str(uri).rstrip("/")) + 1:], "sha256": sha256(f) if verify else None})
+    manifest = {"committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": entries, **extra}
+    manifest["manifest_id"] = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    write_bytes(join(uri, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+    return manifest
+
+
+def verify_manifest(uri: str, manifest: dict) -> None:
+    """Raise ValueError if any listed file is missing or differs from its checksum."""
+    for entry in manifest["files"]:
+        f = join(uri, entry["path"])
+        if not exists(f):
+            raise ValueError(f"committed file missing: {f}")
+        if entry.get("sha256") and sha256(f) != entry["sha256"]:
+            raise ValueError(f"checksum mismatch: {f}")

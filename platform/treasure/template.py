@@ -1,0 +1,206 @@
+"""The marker block: render markers as text, parse them back, and keep user text from forging them.
+
+The grammar, in one place (ASCII only, no special tokens; the model's own tokenizer reads it):
+
+    block    := "<" TAG ">" entry* "</" TAG ">"            TAG is the taxonomy's wrapper tag
+    entry    := "<" category ">" value "</" category ">"   categories in taxonomy order
+    prompt   := user_text SEP block                        block appended to the user turn
+    output   := block SEP answer                           block prepended to the assistant turn
+
+Rendering is canonical (no spaces, taxonomy order). Parsing tolerates whitespace around entries
+and between the block and the answer, but never invents values: an entry that does not
+validate against the taxonomy is reported as a problem and left out.
+
+>>> from treasure.taxonomy import load_taxonomy
+>>> tax = load_taxonomy("paper")
+>>> render_block({"language": "Spanish", "domain": "Legal"}, tax)
+'<TEMPLATE><domain>Legal</domain><language>Spanish</language></TEMPLATE>'
+>>> split_output("<TEMPLATE> <domain>Legal</domain> </TEMPLATE>\\n¡Hola!", tax)
+ParsedOutput(markers={'domain': 'Legal'}, answer='¡Hola!', problems=[])
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from treasure.taxonomy import Taxonomy
+
+SEP = " "  # between user text and the prompt-side block
+ANSWER_SEP = "\n"  # between the completion-side block and the answer
+# What replaces a '<' that would open or close a marker tag in user text: a look-alike that no
+# Unicode normalization (NFKC) maps back to '<', so neither our parser nor a normalizing tokenizer
+# can read it as markup.
+NEUTRAL_BRACKET = "\u2039"  # ‹
+
+
+def render_block(markers: dict[str, Any], taxonomy: Taxonomy) -> str:
+    """Canonical block for `markers` (validated, in taxonomy order). An empty dict gives ''."""
+    clean = taxonomy.validate_markers(markers)
+    if not clean:
+        return ""
+    tag = taxonomy.tag
+    body = "".join(f"<{k}>{v}</{k}>" for k, v in clean.items())
+    return f"<{tag}>{body}</{tag}>"
+
+
+@dataclass
+class ParsedOutput:
+    """A model output split into its leading marker block and the answer."""
+
+    markers: dict[str, str]
+    answer: str
+    problems: list[str] = field(default_factory=list)
+
+
+def _block_re(tag: str) -> re.Pattern:
+    return re.compile(rf"<{tag}>(?P<body>.*?)</{tag}>", re.DOTALL)
+
+
+_ENTRY_RE = re.compile(r"\s*<(?P<name>[A-Za-z_][A-Za-z0-9_]*)>(?P<value>[^<>]*)</(?P=name)>\s*")
+
+
+def parse_block_body(body: str, taxonomy: Taxonomy) -> tuple[dict[str, str], list[str]]:
+    """Parse the inside of a block into validated markers and a list of problems."""
+    markers: dict[str, str] = {}
+    problems: list[str] = []
+    pos = 0
+    while pos < len(body):
+        m = _ENTRY_RE.match(body, pos)
+        if not m:
+            rest = body[pos:].strip()
+            if rest:
+                problems.append(f"unparseable text in block: {rest[:60]!r}")
+            break
+        pos = m.end()
+        name, value = m.group("name"), m.group("value").strip()
+        if name not in taxonomy.names:
+            problems.append(f"unknown category <{name}>")
+            continue
+        if name in markers:
+            problems.append(f"category <{name}> repeated; kept the first")
+            continue
+        try:
+            markers[name] = taxonomy.category(name).validate_value(value)
+        except ValueError as e:
+            problems.append(str(e))
+    order = {n: i for i, n in enumerate(taxonomy.names)}
+    return dict(sorted(markers.items(), key=lambda kv: order[kv[0]])), problems
+
+
+def parse_block(text: str, taxonomy: Taxonomy) -> dict[str, str]:
+    """Parse a complete block (and nothing else, up to whitespace); ValueError if it is not one."""
+    m = _block_re(taxonomy.tag).fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"not a <{taxonomy.tag}> block: {text[:80]!r}")
+    markers, problems = parse_block_body(m.group("body"), taxonomy)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return markers
+
+
+def split_output(text: str, taxonomy: Taxonomy) -> ParsedOutput:
+    """Split a model output into (markers, answer, problems).
+
+    The block must come first (after optional whitespace). A missing or unclosed block is a
+    problem, not an error: the answer is then everything after what could be recognised, so a
+    dangling marker block never leaks into the returned answer.
+    """
+    tag = taxonomy.tag
+    stripped = text.lstrip()
+    open_tag, close_tag = f"<{tag}>", f"</{tag}>"
+    if not stripped.startswith(open_tag):
+        return ParsedOutput({}, text.strip(), [f"output does not start with {open_tag}"])
+    end = stripped.find(close_tag)
+    if end < 0:
+        # Unclosed block (e.g. generation cut off): drop whatever block text there is.
+        body = stripped[len(open_tag):]
+        entries = list(_ENTRY_RE.finditer(body))
+        markers, problems = parse_block_body("".join(e.group(0) for e in entries), taxonomy)
+        return ParsedOutput(markers, "", problems + [f"block is not closed with {close_tag}"])
+    markers, problems = parse_block_body(stripped[len(open_tag):end], taxonomy)
+    return ParsedOutput(markers, stripped[end + len(close_tag):].strip(), problems)
+
+
+def split_prompt(text: str, taxonomy: Taxonomy) -> tuple[str, dict[str, str]]:
+    """Split a rendered prompt into (user text, markers) where a block ends the prompt."""
+    tag = taxonomy.tag
+    m = re.search(rf"{SEP}?<{tag}>(?P<body>(?:(?!<{tag}>).)*?)</{tag}>\s*$", text, re.DOTALL)
+    if not m:
+        return text, {}
+    markers, problems = parse_block_body(m.group("body"), taxonomy)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return text[: m.start()], markers
+
+
+def render_prompt(user_text: str, markers: dict[str, Any], taxonomy: Taxonomy) -> str:
+    """User text (neutralized) with the block appended; no markers → the neutralized text alone."""
+    safe = neutralize(user_text, taxonomy)
+    block = render_block(markers, taxonomy)
+    return f"{safe}{SEP}{block}" if block else safe
+
+
+def render_completion(markers: dict[str, Any], answer: str, taxonomy: Taxonomy) -> str:
+    """The training target: full block, separator, answer (answer neutralized as well)."""
+    return f"{render_block(markers, taxonomy)}{ANSWER_SEP}{neutralize(answer, taxonomy)}"
+
+
+def _tag_names(taxonomy: Taxonomy) -> set[str]:
+    return {n.casefold() for n in taxonomy.names} | {taxonomy.tag.casefold()}
+
+
+def neutralize(text: str, taxonomy: Taxonomy) -> str:
+    """Defang anything in `text` that could open or close a marker tag.
+
+    Any character that NFKC-normalizes to '<' (ASCII, fullwidth, small form...), followed by
+    optional whitespace, an optional '/' (or look-alike) and a name that case-insensitively and
+    after NFKC matches a category or the wrapper tag, has its bracket replaced by
+    NEUTRAL_BRACKET. Other angle brackets (``a < b``, HTML, generics) are left alone.
+    Idempotent: neutralize(neutralize(x)) == neutralize(x).
+    """
+    names = _tag_names(taxonomy)
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if unicodedata.normalize("NFKC", ch) == "<" and _opens_tag(text, i + 1, names):
+            out.append(NEUTRAL_BRACKET)
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _opens_tag(text: str, j: int, names: set[str]) -> bool:
+    n = len(text)
+    while j < n and text[j].isspace():
+        j += 1
+    if j < n and unicodedata.normalize("NFKC", text[j]) == "/":
+        j += 1
+    while j < n and text[j].isspace():
+        j += 1
+    k = j
+    # Collect a candidate name; characters that NFKC-fold into identifier characters count too
+    # (fullwidth letters), and zero-width/format characters are skipped as invisible padding.
+    chars = []
+    while k < n:
+        c = text[k]
+        if unicodedata.category(c) == "Cf":
+            k += 1
+            continue
+        folded = unicodedata.normalize("NFKC", c)
+        if folded and all(x.isalnum() or x == "_" for x in folded):
+            chars.append(folded)
+            k += 1
+        else:
+            break
+    name = "".join(chars).casefold()
+    if not name:
+        return False
+    # A prefix of a tag name at the very end of the text could be completed by what follows it.
+    if k >= n:
+        return any(t.startswith(name) for t in names)
+    return name in names

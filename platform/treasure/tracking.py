@@ -1,0 +1,90 @@
+"""MLflow tracking: where runs go, and what every run logs (resolved config, taxonomy, lineage).
+
+Environment settings, not config: ``MLFLOW_TRACKING_URI`` (default: a sqlite store under
+``runs/``), ``MLFLOW_ARTIFACT_ROOT`` (default: ``runs/mlartifacts``; may be ``s3://...``).
+A pipeline opens one parent run per invocation and nested runs per stage, so two pipeline runs
+compare side by side in the MLflow UI (``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import BaseModel
+
+from treasure.config import flatten
+
+DEFAULT_DIR = Path(os.environ.get("TREASURE_RUNS_DIR", "runs"))
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+
+
+def artifact_root() -> str:
+    root = os.environ.get("MLFLOW_ARTIFACT_ROOT")
+    return root or (DEFAULT_DIR / "mlartifacts").resolve().as_uri()
+
+
+def experiment_id(name: str) -> str:
+    """Get or create an experiment with an explicit artifact location (sqlite stores need one)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    server = tracking_uri().startswith("http")
+    # A tracking server chooses (and proxies) its own artifact store unless told otherwise.
+    location = None if server and not os.environ.get("MLFLOW_ARTIFACT_ROOT") else f"{artifact_root()}/{name}"
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _params(config: BaseModel | dict) -> dict[str, str]:
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    # MLflow caps a param value at 6000 characters; keep the full config as an artifact too.
+    return {k: json.dumps(v) if not isinstance(v, str) else v for k, v in flatten(data).items()}
+
+
+@contextmanager
+def run(
+    experiment: str,
+    run_name: str,
+    *,
+    config: BaseModel | dict,
+    taxonomy=None,
+    lineage: dict[str, Any] | None = None,
+    nested: bool = False,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
+    """Start an MLflow run that logs the resolved config, taxonomy version/file and data lineage."""
+    import mlflow
+
+    exp_id = experiment_id(experiment)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested, tags=all_tags) as active:
+        params = _params(config)
+        for i in range(0, len(params), 90):  # log_params takes at most 100 per call
+            mlflow.log_params(dict(list(params.items())[i: i + 90]))
+        data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+        mlflow.log_dict(data, "config/resolved.json")
+        if taxonomy is not None:
+            mlflow.set_tag("taxonomy_version", taxonomy.version)
+            mlflow.log_text(taxonomy.to_yaml(), "config/taxonomy.yaml")
+        if lineage:
+            mlflow.log_dict(lineage, "config/lineage.json")
+            for k, v in flatten(lineage).items():
+                if isinstance(v, (str, int, float)):
+                    mlflow.set_tag(f"lineage.{k}", str(v)[:5000])
+        yield active

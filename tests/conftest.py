@@ -42,3 +42,41 @@ def smollm2_tokenizer(smollm2_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer, taxonomy):
+    """A random-init tiny Llama in the checkpoint layout of docs/data-formats.md (mechanics only)."""
+    import json
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = smollm2_tokenizer
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny_checkpoint")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "taxonomy.yaml").write_text(taxonomy.to_yaml())
+    (out / "treasure.json").write_text(json.dumps({
+        "markers": True, "taxonomy_version": taxonomy.version, "data_manifest_id": None,
+        "config": {}, "step": 0, "quality_reference": {},
+    }))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the whole test session, pinned to loopback, 2 CPUs."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}, log_to_driver=False)
+    yield ray
+    ray.shutdown()

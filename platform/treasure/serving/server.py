@@ -165,7 +165,9 @@ class ModelServer:
             self.health.error, self.health.since = f"{type(e).__name__}: {e}", time.time()
             raise
         last, done = stripper.finish()
-        completion = len(self.engine.tokenizer(stripper.raw, add_special_tokens=False)["input_ids"])
+        # The stream gives text, not token ids: re-tokenize (can differ by a token or two; capped).
+        completion = min(len(self.engine.tokenizer(stripper.raw, add_special_tokens=False)["input_ids"]),
+                         prepared.params.max_tokens)
         finish = "length" if completion >= prepared.params.max_tokens else "stop"
         if last:
             yield last, None

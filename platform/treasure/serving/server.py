@@ -35,19 +35,21 @@ def find_checkpoint_root(folder: Path) -> Path:
 
 
 def resolve_checkpoint(uri: str, download_dir: str | None = None) -> Path:
-    """A local checkpoint folder for a path, an MLflow `models:/name/version` URI, or another URI."""
+    """A validated local checkpoint folder for a path, an s3:// URI or an MLflow `models:/name/version` URI.
+
+    Folders and URIs go through the training stage's `treasure.checkpoint.read_checkpoint`
+    (download, checksum validation, fallback to an older intact checkpoint).
+    """
+    from treasure.checkpoint import read_checkpoint
+
     if uri.startswith("models:/"):
         import mlflow.artifacts
 
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=download_dir)
-        return find_checkpoint_root(Path(local))
-    if Path(uri).is_dir():
-        return find_checkpoint_root(Path(uri))
-    if "://" in uri:
-        from treasure.checkpoint import read_checkpoint  # the training stage's reader (s3:// and friends)
-
-        return find_checkpoint_root(Path(read_checkpoint(uri).local_dir))
-    raise FileNotFoundError(f"checkpoint {uri!r} is not a folder, an s3:// URI or an MLflow models:/name/version URI")
+        return Path(read_checkpoint(str(find_checkpoint_root(Path(local)))).local_dir)
+    if "://" not in uri and not Path(uri).is_dir():
+        raise FileNotFoundError(f"checkpoint {uri!r} is not a folder, an s3:// URI or an MLflow models:/name/version URI")
+    return Path(read_checkpoint(uri).local_dir)
 
 
 @dataclass
@@ -78,7 +80,7 @@ class ModelServer:
         self.taxonomy: Taxonomy = load_taxonomy(self.folder / "taxonomy.yaml")
         meta_path = self.folder / "treasure.json"
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        self.model_name = config.model_name or Path(config.checkpoint.rstrip("/")).name
+        self.model_name = config.model_name or _default_name(config.checkpoint)
         self.engine = engine or load_engine(EngineConfig(
             model=str(self.folder), backend=config.engine, device=config.device,
             **({"dtype": config.dtype} if config.dtype else {}), batch_size=config.max_batch_size,
@@ -198,6 +200,13 @@ class ModelServer:
         except Exception as e:
             raise RuntimeError(f"engine is broken: {type(e).__name__}: {e} (first failure: {self.health.error})") from e
         self.health.error = self.health.since = None
+
+
+def _default_name(checkpoint: str) -> str:
+    """`models:/name/3` → 'name/3'; a folder or URI → its last path part."""
+    if checkpoint.startswith("models:/"):
+        return checkpoint[len("models:/"):].strip("/")
+    return Path(checkpoint.rstrip("/")).name
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -1,0 +1,67 @@
+"""ModelServer without Ray: loading from an MLflow registered model, batching by sampling params,
+and the health check that must fail when the engine is broken (and recover when it is not)."""
+
+from __future__ import annotations
+
+import pytest
+
+from treasure.serving.api_models import GenerateRequest
+from treasure.serving.config import ServeConfig
+from treasure.serving.server import ModelServer
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    return ModelServer(ServeConfig(checkpoint=str(tiny_checkpoint), max_tokens_limit=16, default_max_tokens=4))
+
+
+def test_loads_a_registered_mlflow_model(tmp_path, tiny_checkpoint, taxonomy, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("serve-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_artifacts(str(tiny_checkpoint), "checkpoint")  # as the train stage logs it
+    client = MlflowClient()
+    client.create_registered_model("tiny-marked")
+    client.create_model_version("tiny-marked", source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id)
+
+    srv = ModelServer(ServeConfig(checkpoint="models:/tiny-marked/1", max_tokens_limit=8, default_max_tokens=4))
+    assert srv.taxonomy.version == taxonomy.version and srv.model_name == "tiny-marked/1"
+    p = srv.prepare_generate(GenerateRequest(prompt="hi", markers={"domain": "Legal"}))
+    body = srv.response_for(p, srv.generate_batch([p])[0])
+    assert body["markers"]["requested"] == {"domain": "Legal"} and body["usage"]["completion_tokens"] <= 4
+
+
+def test_missing_checkpoint_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="models:/name/version"):
+        ModelServer(ServeConfig(checkpoint="/nonexistent/ckpt"))
+
+
+def test_batch_groups_by_sampling_params_and_keeps_order(server):
+    reqs = [GenerateRequest(prompt=f"q{i}", max_tokens=3 + i % 2) for i in range(4)]
+    prepared = [server.prepare_generate(r) for r in reqs]
+    together = server.generate_batch(prepared)
+    alone = [server.generate_batch([p])[0] for p in prepared]
+    assert [g.completion_tokens <= p.params.max_tokens for g, p in zip(together, prepared)] == [True] * 4
+    assert [g.text for g in together] == [g.text for g in alone]  # greedy: batching does not change answers
+
+
+def test_health_check_fails_when_the_engine_breaks_and_recovers(server):
+    server.check_health()  # healthy: no probe needed
+    model = server.engine.model
+    p = server.prepare_generate(GenerateRequest(prompt="hi"))
+    try:
+        server.engine.model = None  # the weights are gone: every generation now fails for real
+        with pytest.raises(Exception):
+            server.generate_batch([p])
+        assert server.health.error is not None
+        with pytest.raises(RuntimeError, match="engine is broken"):
+            server.check_health()
+    finally:
+        server.engine.model = model
+    server.check_health()  # the probe passes again and clears the recorded failure
+    assert server.health.error is None and server.health.probes == 2

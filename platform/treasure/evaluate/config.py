@@ -1,0 +1,75 @@
+"""The evaluate stage's config: which models, which held-out data, how many prompts per measurement."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from treasure.config import StrictModel
+from treasure.engine import SamplingParams
+from treasure.evaluate.judge import JudgeConfig
+
+
+class GenerationConfig(StrictModel):
+    """How answers are generated (Ray Data over an actor pool of engines)."""
+
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="Engine backend (treasure.engine).")
+    device: str = Field("cpu", description="torch device of each engine actor.")
+    num_actors: int = Field(1, ge=1, le=1024, description="Engine actors per model (Ray Data actor pool size).")
+    cpus_per_actor: float = Field(1.0, gt=0, le=256, description="CPUs Ray reserves for each engine actor.")
+    gpus_per_actor: float = Field(0.0, ge=0, le=8, description="GPUs Ray reserves for each engine actor.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Prompts per Ray Data batch and per forward batch.")
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=160), description="Sampling for every generated answer.")
+
+
+class LengthControlConfig(StrictModel):
+    """AlpacaEval-LI style: a word limit N per prompt, three conditions."""
+
+    prompts: int = Field(40, ge=0, le=100000, description="Held-out prompts (0 skips length control).")
+    length_marker: Literal["length_bucket", "length_tokens"] = Field("length_bucket", description="Marker fixed in the 'marker fixed' condition.")
+    limits: list[int] = Field(default_factory=list, description="Word limits N cycled over prompts; empty with length_bucket: every bounded bucket's upper bound.")
+    instruction: str = Field("Answer in at most {n} words.", description="Natural-language limit appended to the prompt ({n} is the limit).")
+
+
+class CategoryConfig(StrictModel):
+    """Marker inference and control adherence sizes."""
+
+    inference_prompts: int = Field(60, ge=0, le=100000, description="Held-out prompts for marker inference (0 skips it).")
+    inference_categories: list[str] = Field(default_factory=lambda: ["domain", "task", "format", "language", "length_bucket"], description="Categories whose inferred value is compared with the annotation.")
+    adherence_categories: list[str] = Field(default_factory=lambda: ["length_bucket", "language", "format", "code_type"], description="Categories fixed one at a time and re-annotated from the answer.")
+    adherence_prompts_per_value: int = Field(8, ge=0, le=10000, description="Prompts per fixed (category, value) (0 skips adherence).")
+    adherence_max_values: int = Field(6, ge=1, le=1000, description="Most values per category (the most frequent in the data first).")
+
+
+class WinRateConfig(StrictModel):
+    """Pairwise comparisons against the baseline."""
+
+    prompts: int = Field(30, ge=0, le=100000, description="Held-out prompts for win rates (0 skips them).")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The pairwise judge.")
+    bootstrap_resamples: int = Field(2000, ge=100, le=100000, description="Bootstrap resamples for win-rate intervals.")
+
+
+class EvaluateConfig(StrictModel):
+    """Evaluate a baseline / marked pair on held-out annotated examples."""
+
+    input: str = Field(description="Annotated dataset URI (annotate stage output).")
+    baseline: str = Field(description="Baseline checkpoint (trained without markers).")
+    marked: str = Field(description="Marked checkpoint (trained with markers).")
+    output: str = Field(description="Where the report, metrics and generations are published.")
+    experiment: str = Field("treasure-hunt", description="MLflow experiment name.")
+    seed: int = Field(0, ge=0, description="Seed for prompt sampling, generation and bootstrap.")
+    heldout_seed: int = Field(0, ge=0, description="Seed of the held-out split (must equal training's).")
+    heldout_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="Share of examples held out (must equal training's).")
+    tail_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="A marker value under this share of rows is in the tail band.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Generation settings.")
+    length_control: LengthControlConfig = Field(default_factory=LengthControlConfig, description="Length-instruction control.")
+    categories: CategoryConfig = Field(default_factory=CategoryConfig, description="Marker inference and adherence.")
+    win_rate: WinRateConfig = Field(default_factory=WinRateConfig, description="Win rates against the baseline.")
+    force: bool = Field(False, description="Recompute even when output holds a committed report of this config.")
+
+    @model_validator(mode="after")
+    def _limits_positive(self) -> "EvaluateConfig":
+        if any(n < 1 for n in self.length_control.limits):
+            raise ValueError("length_control.limits must be positive word counts")
+        return self

@@ -1,0 +1,104 @@
+"""Batched generation for evaluation: requests → engine → parsed rows (pure), over Ray Data (shell).
+
+A request row carries `request_id` and `user_turn` (block already rendered) plus any columns the
+caller wants back. Each result row adds:
+
+    raw            the model's full output (block + answer)
+    answer         the answer with the block parsed off (never contains block text)
+    inferred       JSON {category: value} the model wrote in its block ({} for a baseline)
+    block_ok       the output opened and closed a block with no parse problems
+    problems       JSON list of parse problems
+    finish_reason  stop / length / prompt_too_long
+    completion_tokens
+
+`generate_rows` runs an actor pool of engines (size and resources from config) and returns rows in
+request order; `generate_local` does the same in-process (tests, tiny jobs).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treasure.engine import EngineConfig, Generation, SamplingParams, load_engine
+from treasure.taxonomy import Taxonomy
+from treasure.template import split_output
+
+
+def parse_generation(gen: Generation, taxonomy: Taxonomy, marked: bool) -> dict[str, Any]:
+    """Result columns for one generation; a baseline's text is all answer (no block expected)."""
+    if not marked:
+        return {"raw": gen.text, "answer": gen.text.strip(), "inferred": "{}", "block_ok": False, "problems": "[]",
+                "finish_reason": gen.finish_reason, "completion_tokens": gen.completion_tokens}
+    parsed = split_output(gen.text, taxonomy)
+    return {"raw": gen.text, "answer": parsed.answer, "inferred": json.dumps(parsed.markers), "block_ok": not parsed.problems,
+            "problems": json.dumps(parsed.problems), "finish_reason": gen.finish_reason, "completion_tokens": gen.completion_tokens}
+
+
+def run_requests(engine, rows: list[dict], params: SamplingParams, taxonomy: Taxonomy, marked: bool) -> list[dict]:
+    gens = engine.generate([r["user_turn"] for r in rows], params)
+    return [{**r, **parse_generation(g, taxonomy, marked)} for r, g in zip(rows, gens)]
+
+
+def generate_local(rows: list[dict], engine_config: EngineConfig, params: SamplingParams, taxonomy: Taxonomy, marked: bool) -> list[dict]:
+    """In-process generation (no Ray): same rows out as `generate_rows`."""
+    return run_requests(load_engine(engine_config), rows, params, taxonomy, marked)
+
+
+class EngineActor:
+    """The engines of every model on one Ray actor (loaded on first use); rows name their model."""
+
+    def __init__(self, engines: dict[str, dict], marked: dict[str, bool], params: dict, taxonomy: Taxonomy):
+        self.configs = {name: EngineConfig.model_validate(c) for name, c in engines.items()}
+        self.engines: dict = {}
+        self.marked, self.taxonomy = marked, taxonomy
+        self.params = SamplingParams.model_validate(params)
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [{"request_id": i, "model": m, "user_turn": u} for i, m, u in zip(batch["request_id"], batch["model"], batch["user_turn"])]
+        out: dict[str, dict] = {}
+        for name in dict.fromkeys(r["model"] for r in rows):
+            if name not in self.engines:
+                self.engines[name] = load_engine(self.configs[name])
+            sel = [r for r in rows if r["model"] == name]
+            for r in run_requests(self.engines[name], sel, self.params, self.taxonomy, self.marked[name]):
+                out[r["request_id"]] = r
+        ordered = [out[r["request_id"]] for r in rows]
+        return {k: [r[k] for r in ordered] for k in ordered[0]} if ordered else {}
+
+
+def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: dict[str, bool], params: SamplingParams, taxonomy: Taxonomy, *,
+                  num_actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, batch_size: int = 16) -> list[dict]:
+    """Generate for every request row over one Ray Data actor pool; rows come back in order, with their own columns.
+
+    Each row needs `request_id` (unique per model), `model` (a key of `engines`) and `user_turn`; its other
+    columns travel untouched (Ray Data only sees the three columns above).
+    """
+    import ray
+
+    if not rows:
+        return []
+    ids = [f"{r['model']}/{r['request_id']}" for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("request_id must be unique per model")
+    unknown = {r["model"] for r in rows} - set(engines)
+    if unknown:
+        raise ValueError(f"rows name models without an engine: {sorted(unknown)}")
+    slim = [{"request_id": i, "model": r["model"], "user_turn": r["user_turn"]} for i, r in zip(ids, rows)]
+    ds = ray.data.from_items(slim).map_batches(
+        EngineActor,
+        fn_constructor_kwargs={"engines": {k: c.model_dump() for k, c in engines.items()}, "marked": marked,
+                               "params": params.model_dump(), "taxonomy": taxonomy},
+        batch_size=batch_size, batch_format="numpy", concurrency=num_actors,
+        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None,
+    )
+    got = {r["request_id"]: {k: _plain(v) for k, v in r.items()} for r in ds.take_all()}
+    missing = [i for i in ids if i not in got]
+    if missing:
+        raise RuntimeError(f"{len(missing)} requests came back without a generation (first: {missing[0]})")
+    return [{**r, **{k: v for k, v in got[i].items() if k != "request_id"}} for i, r in zip(ids, rows)]
+
+
+def _plain(v):
+    """numpy scalars from Ray Data → Python values (JSON-able)."""
+    return v.item() if hasattr(v, "item") else v

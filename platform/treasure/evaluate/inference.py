@@ -1,0 +1,43 @@
+"""Marker inference: the marked model given no markers writes its own block; compare with annotation.
+
+Accuracy per category counts every held-out example the annotation gave a value for that
+category; a missing or malformed inferred value is wrong. Per-value accuracy (by the annotated
+value) feeds the long-tail breakdown.
+"""
+
+from __future__ import annotations
+
+import json
+
+from treasure.evaluate import metrics
+from treasure.evaluate.examples import Example
+from treasure.taxonomy import Taxonomy
+from treasure.template import render_prompt
+
+
+def requests(examples: list[Example], taxonomy: Taxonomy) -> list[dict]:
+    """Plain prompts (no block): the same rows serve the baseline and the marked model."""
+    return [{"request_id": f"plain:{ex.id}", "example_id": ex.id, "prompt": ex.prompt,
+             "annotated": json.dumps(ex.markers), "user_turn": render_prompt(ex.prompt, {}, taxonomy)} for ex in examples]
+
+
+def score(rows: list[dict], categories: list[str], bands: dict[str, dict[str, str]]) -> dict:
+    """{"block_ok": Rate, "categories": {cat: Rate}, "values": {cat: {value: Rate}}, "bands": {cat: {band: Rate}}}."""
+    out: dict = {"block_ok": metrics.wilson(sum(bool(r["block_ok"]) for r in rows), len(rows)).as_dict(),
+                 "categories": {}, "values": {}, "bands": {}}
+    for cat in categories:
+        expected, predicted = [], []
+        for r in rows:
+            ann = json.loads(r["annotated"])
+            if cat in ann:
+                expected.append(ann[cat])
+                predicted.append(json.loads(r["inferred"]).get(cat))
+        if not expected:
+            continue
+        out["categories"][cat] = metrics.accuracy(predicted, expected).as_dict()
+        hits = [p == e for p, e in zip(predicted, expected)]
+        out["values"][cat] = {v: r.as_dict() for v, r in metrics.grouped_rate(expected, hits).items()}
+        cat_bands = bands.get(cat, {})
+        band_keys = [cat_bands.get(e, "tail") for e in expected]  # a value unseen in training is tail
+        out["bands"][cat] = {b: r.as_dict() for b, r in metrics.grouped_rate(band_keys, hits).items()}
+    return out

@@ -1,0 +1,163 @@
+"""The evaluate stage: held-out prompts → generations of both models → metrics → report → MLflow.
+
+    run(config) assumes Ray is up; it reads the annotated dataset and both checkpoints, generates
+    every answer it needs in one pass per model (Ray Data actor pool), scores length control,
+    marker inference, adherence and win rates, and publishes under `output`:
+
+    metrics.json, report.md, *.png     the report (also logged to MLflow as artifacts)
+    data/generations.parquet           every request with its raw output, parsed answer, markers
+    manifest.json                      written last (treasure.storage)
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from treasure import storage, tracking
+from treasure.engine import EngineConfig, resolve_model_dir
+from treasure.evaluate import adherence, inference, length_control, metrics, report, winrate
+from treasure.evaluate.config import EvaluateConfig
+from treasure.evaluate.examples import read_annotated, sample, split, value_counts
+from treasure.evaluate.generation import generate_rows
+from treasure.taxonomy import load_taxonomy
+
+
+def read_model(uri: str) -> tuple[str, dict]:
+    """(local folder, treasure.json) of a checkpoint."""
+    folder = resolve_model_dir(uri)
+    meta_file = Path(folder) / "treasure.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{uri}: no treasure.json; not a checkpoint written by the train stage")
+    return folder, json.loads(meta_file.read_text())
+
+
+def _generate(requests: dict[str, list[dict]], folders: dict[str, str], config: EvaluateConfig, taxonomy) -> list[dict]:
+    """Both models' requests through one actor pool (one actor start-up, not one per model)."""
+    g = config.generation
+    engines = {name: EngineConfig(model=folder, backend=g.backend, device=g.device, batch_size=g.batch_size) for name, folder in folders.items()}
+    rows = [{**r, "model": name} for name, rs in requests.items() for r in rs]
+    return generate_rows(rows, engines, {"baseline": False, "marked": True}, g.sampling, taxonomy, num_actors=g.num_actors,
+                         cpus_per_actor=g.cpus_per_actor, gpus_per_actor=g.gpus_per_actor, batch_size=g.batch_size)
+
+
+def plan(config: EvaluateConfig, taxonomy, held, counts, quality_reference) -> dict[str, list[dict]]:
+    """Every request, per model (pure: no model needed)."""
+    c = config.categories
+    plain_n = max(c.inference_prompts, config.win_rate.prompts)
+    plain = inference.requests(sample(held, plain_n, config.seed, "plain"), taxonomy)
+    lc = length_control.requests(sample(held, config.length_control.prompts, config.seed, "length"), config.length_control, taxonomy) \
+        if config.length_control.prompts else {"baseline": [], "marked": []}
+    adh_plan = {cat: adherence.values_to_test(cat, taxonomy, counts, c.adherence_max_values)
+                for cat in c.adherence_categories if cat in taxonomy.names} if c.adherence_prompts_per_value else {}
+    adh = adherence.requests(sample(held, c.adherence_prompts_per_value, config.seed, "adherence"), adh_plan, taxonomy)
+    quality = winrate.quality_requests(sample(held, config.win_rate.prompts, config.seed, "plain"), quality_reference, taxonomy) \
+        if config.win_rate.prompts and "quality_bucket" in taxonomy.names else []
+    return {"baseline": plain[: max(config.win_rate.prompts, 0)] + lc["baseline"], "marked": plain + lc["marked"] + adh + quality}
+
+
+def score_all(config: EvaluateConfig, taxonomy, rows: list[dict], bands, judge) -> dict:
+    """Metrics from generated rows (rows carry `model` and `request_id`)."""
+    by_id = {(r["model"], r["request_id"]): r for r in rows}
+    marked = [r for r in rows if r["model"] == "marked"]
+    out: dict = {}
+    lc_rows = [r for r in rows if r["request_id"].startswith("lc:")]
+    for r in lc_rows:
+        r["words"] = adherence.word_count(r["answer"], r["language"])
+    if lc_rows:
+        out["length_control"] = length_control.score(lc_rows)
+    plain_marked = [r for r in marked if r["request_id"].startswith("plain:")]
+    if config.categories.inference_prompts:
+        out["inference"] = inference.score(plain_marked[: config.categories.inference_prompts], config.categories.inference_categories, bands)
+    adh_rows = [r for r in marked if r["request_id"].startswith("adh:")]
+    for r in adh_rows:
+        r["observed"] = adherence.reannotate(r["answer"], r["category"], r["language"], taxonomy)
+    if adh_rows:
+        out["adherence"] = adherence.score(adh_rows, bands)
+    if judge is not None:
+        out["win_rates"] = _win_rates(config, rows, by_id, lc_rows, bands, judge)
+    return out
+
+
+def _win_rates(config, rows, by_id, lc_rows, bands, judge) -> dict:
+    comparisons: dict[str, list[tuple[dict, dict]]] = {}
+    for prefix, name in (("plain:", "marked_inferred"), ("quality:", "quality_steered")):
+        cands = [r for r in rows if r["model"] == "marked" and r["request_id"].startswith(prefix)][: config.win_rate.prompts]
+        comparisons[name] = [(r, by_id[("baseline", f"plain:{r['example_id']}")]) for r in cands if ("baseline", f"plain:{r['example_id']}") in by_id]
+    for cond in ("marked_instruction", "marked_marker"):
+        comparisons[f"length_{cond}"] = length_control.non_violating_pairs(lc_rows, cond)[: config.win_rate.prompts]
+    flat = [(name, a, b) for name, pairs in comparisons.items() for a, b in pairs]
+    judged = judge.judge([a["prompt"] for _, a, _ in flat], [a["answer"] for _, a, _ in flat], [b["answer"] for _, _, b in flat]) if flat else []
+    out = {}
+    for name in comparisons:
+        idx = [i for i, (n, _, _) in enumerate(flat) if n == name]
+        ann = [json.loads(by_id.get(("marked", f"plain:{flat[i][1]['example_id']}"), {}).get("annotated", "{}")) for i in idx]
+        out[name] = winrate.summarize([judged[i] for i in idx], ann, bands, n_resamples=config.win_rate.bootstrap_resamples, seed=config.seed)
+        for i in idx:
+            flat[i][1].setdefault("judgements", {})[name] = judged[i].outcome
+    return out
+
+
+def run(config: EvaluateConfig, *, parent_run_id: str | None = None) -> dict:
+    """Evaluate the pair and publish the report; returns the stage summary."""
+    config_json = config.model_dump(mode="json", exclude={"force"})
+    existing = storage.read_manifest(config.output)
+    if existing and existing.get("config") == config_json and not config.force:
+        return {**existing["summary"], "manifest_id": existing["manifest_id"]}
+    base_dir, base_meta = read_model(config.baseline)
+    marked_dir, marked_meta = read_model(config.marked)
+    taxonomy = load_taxonomy(Path(marked_dir) / "taxonomy.yaml")
+    rows, in_manifest = read_annotated(config.input)
+    train_rows, held = split(rows, config.heldout_seed, config.heldout_fraction)
+    if not held:
+        raise ValueError(f"no held-out rows in {config.input} at heldout_fraction={config.heldout_fraction}; raise it")
+    counts = value_counts(train_rows)
+    bands = metrics.value_bands(counts, config.tail_fraction)
+    requests = plan(config, taxonomy, held, counts, marked_meta.get("quality_reference") or {})
+    lineage = {"input": config.input, "input_manifest_id": in_manifest.get("manifest_id"), "baseline": config.baseline,
+               "marked": config.marked, "baseline_step": base_meta.get("step"), "marked_step": marked_meta.get("step"),
+               "baseline_mlflow_run_id": base_meta.get("mlflow_run_id"), "marked_mlflow_run_id": marked_meta.get("mlflow_run_id")}
+    with tracking.run(config.experiment, "evaluate", config=config, taxonomy=taxonomy, lineage=lineage, parent_run_id=parent_run_id,
+                      tags={"stage": "evaluate"}) as active:
+        generated = _generate(requests, {"baseline": base_dir, "marked": marked_dir}, config, taxonomy)
+        judge = None
+        if config.win_rate.prompts and config.win_rate.judge.type != "none":
+            from treasure.evaluate.judge import load_judge
+
+            judge = load_judge(config.win_rate.judge)
+        m = score_all(config, taxonomy, generated, bands, judge)
+        m.update(models={"baseline": config.baseline, "marked": config.marked}, taxonomy_version=taxonomy.version,
+                 judge=f"{config.win_rate.judge.type}:{config.win_rate.judge.model}",
+                 data={"input": config.input, "rows": len(rows), "heldout_rows": len(held), "train_rows": len(train_rows)},
+                 bands=bands, generations=len(generated))
+        summary = _publish(config, config_json, m, generated, active.info.run_id, in_manifest)
+    return summary
+
+
+def _publish(config: EvaluateConfig, config_json: dict, m: dict, generated: list[dict], run_id: str, in_manifest: dict) -> dict:
+    import mlflow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = report.flat_metrics(m)
+    mlflow.log_metrics({k.replace(":", "_"): v for k, v in flat.items()})
+    if storage.read_manifest(config.output) is not None:
+        storage.delete(storage.join(config.output, storage.MANIFEST))  # the old report is no longer committed
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        files = report.write(m, folder)
+        table_rows = [{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()} for r in generated]
+        cols = sorted({k for r in table_rows for k in r})
+        pq.write_table(pa.table({c: [None if r.get(c) is None else str(r.get(c)) for r in table_rows] for c in cols}), folder / "generations.parquet")
+        mlflow.log_artifacts(str(folder), "evaluation")
+        uris = []
+        for f in files + [folder / "generations.parquet"]:
+            name = f"data/{f.name}" if f.suffix == ".parquet" else f.name
+            uris.append(storage.join(config.output, name))
+            storage.write_bytes(uris[-1], f.read_bytes())
+    summary = {"output": config.output, "mlflow_run_id": run_id, "metrics": flat}
+    manifest = storage.commit_manifest(config.output, uris, {"config": config_json, "rows": len(generated),
+                                                             "input_manifest_id": in_manifest.get("manifest_id"), "summary": summary})
+    summary["manifest_id"] = manifest["manifest_id"]
+    return summary

@@ -1,0 +1,1 @@
+"""Training with markers: config, BPE tokenizer, model building, the data step, the Ray Train loop."""

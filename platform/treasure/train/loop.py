@@ -1,0 +1,194 @@
+"""The Ray Train worker loop, written out once, top to bottom: setup → resume → epochs of steps → checkpoints.
+
+Runs inside every TorchTrainer worker (DDP rank). Data arrives as this worker's Ray Data shard;
+each epoch is formatted with fresh marker dropout and tokenized once (treasure.train.data_step);
+the loss falls on completion tokens only; gradients accumulate over `grad_accum` micro-batches;
+the LR warms up linearly, then follows a cosine (paper: 10 warm-up steps, peak 2.5e-4); bf16
+autocast on GPU. Rank 0 writes checkpoints (HF folder + taxonomy + resume state) and per-step
+metrics to MLflow. A restarted worker group resumes from the last checkpoint at the same step,
+epoch and batch, so it replays the same batches and dropout draws.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from pathlib import Path
+
+
+def lr_multiplier(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_lr_ratio` at `max_steps`.
+
+    >>> [round(lr_multiplier(s, warmup_steps=2, max_steps=6, min_lr_ratio=0.0), 2) for s in range(6)]
+    [0.5, 1.0, 1.0, 0.85, 0.5, 0.15]
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _taxonomy_from_yaml(text: str):
+    import yaml
+
+    from treasure.taxonomy import Taxonomy
+
+    return Taxonomy.model_validate(yaml.safe_load(text))
+
+
+def _tokenizer(cfg, tokenizer_files: dict[str, bytes] | None):
+    from treasure.train.model_build import load_tokenizer
+
+    if cfg.model.kind != "tiny":
+        return load_tokenizer(cfg.model, None)
+    folder = Path(tempfile.mkdtemp(prefix="treasure-tok-"))  # files travel in the loop config: no shared disk needed
+    for name, blob in tokenizer_files.items():
+        (folder / name).write_bytes(blob)
+    return load_tokenizer(cfg.model, str(folder))
+
+
+def _mlflow_logger(mlflow_info: dict | None):
+    """A function logging {name: value} at a step to the stage's MLflow run (rank 0), or a no-op."""
+    if not mlflow_info:
+        return lambda metrics, step: None
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(mlflow_info["tracking_uri"])
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        client.log_batch(mlflow_info["run_id"], metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    return log
+
+
+def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    """Sum (or min) small numbers over the DDP group; identity with one worker."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    backend_gpu = dist.get_backend() == "nccl"
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if backend_gpu else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from treasure.train import checkpoint as ckpt
+    from treasure.train.config import TrainConfig
+    from treasure.train.data_step import batch_order, collate, format_epoch, load_examples
+    from treasure.train.model_build import add_lora, build_model
+
+    # --- setup: config, taxonomy, tokenizer, this worker's shard ---------------------------------
+    cfg = TrainConfig.model_validate(loop_config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if not cfg.use_gpu:
+        torch.set_num_threads(cfg.cpus_per_worker)  # Ray pins OMP threads to the CPUs reserved
+    device = ray.train.torch.get_device()
+    taxonomy = _taxonomy_from_yaml(loop_config["taxonomy_yaml"])
+    tokenizer = _tokenizer(cfg, loop_config.get("tokenizer_files"))
+    shard = ray.train.get_dataset_shard("train")
+    examples = load_examples(shard.iter_rows(), taxonomy)  # small corpus: the shard is read once
+    log_mlflow = _mlflow_logger(loop_config.get("mlflow") if rank == 0 else None)
+
+    # --- model, optimizer, schedule; resume state if a checkpoint exists --------------------------
+    resume = ray.train.get_checkpoint()
+    state = None
+    if resume is not None:
+        with resume.as_directory() as d:
+            state = ckpt.load_train_state(Path(d))
+            if not cfg.lora.enabled:  # full weights are in the HF folder
+                lm = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    if resume is None or cfg.lora.enabled:
+        lm = build_model(cfg.model, tokenizer, max_length=cfg.max_length, seed=cfg.seed)
+    if cfg.lora.enabled:
+        lm = add_lora(lm, cfg.lora)
+        if state is not None:
+            lm.load_state_dict(state["adapter"], strict=False)
+    model = ray.train.torch.prepare_model(lm, parallel_strategy=cfg.strategy)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
+        s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio))
+    step, epoch, start_batch = 0, 0, 0
+    if state is not None:
+        if state["optimizer"] is not None:  # None under FSDP: moments restart (see docs/training.md)
+            optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
+    log_mlflow({"resumed_from_step": step}, step)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.use_gpu else contextlib.nullcontext)
+
+    # --- epochs: fresh dropout draws, tokenized once; micro-batches → optimizer steps -------------
+    model.train()
+    while step < cfg.max_steps:
+        data = format_epoch(examples, tokenizer, taxonomy, markers=cfg.markers, dropout=cfg.dropout,
+                            seed=cfg.seed, epoch=epoch, max_length=cfg.max_length)
+        batches = batch_order([len(x) for x in data.input_ids], cfg.batch_size, seed=cfg.seed + rank, epoch=epoch)
+        # Every rank must run the same number of steps (DDP), whatever its shard's skips.
+        n_batches = int(_all_reduce([len(batches)], op="min")[0]) // cfg.grad_accum * cfg.grad_accum
+        if n_batches == 0:
+            raise ValueError(f"epoch {epoch}: fewer than grad_accum={cfg.grad_accum} batches per worker; "
+                             f"{len(data.skipped)} of {len(examples)} examples skipped for max_length={cfg.max_length}")
+        skipped = _all_reduce([len(data.skipped), data.truncated])
+        log_mlflow({"skipped_examples": skipped[0], "truncated_examples": skipped[1], "epoch": epoch}, step)
+        bi = start_batch
+        while bi < n_batches and step < cfg.max_steps:
+            t0 = time.perf_counter()
+            loss_sum, tokens = 0.0, 0
+            for micro in range(cfg.grad_accum):
+                batch = {k: v.to(device) for k, v in collate(batches[bi], data, pad_id=tokenizer.pad_token_id).items()}
+                last = micro == cfg.grad_accum - 1
+                sync = model.no_sync() if (world > 1 and not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
+                with sync, autocast():
+                    loss = model(**batch).loss / cfg.grad_accum  # mean over completion tokens (labels -100 elsewhere)
+                with sync:
+                    loss.backward()
+                loss_sum += float(loss.detach())
+                tokens += int(batch["attention_mask"].sum())
+                bi += 1
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds = time.perf_counter() - t0
+            loss_all, tokens_all = _all_reduce([loss_sum, tokens])
+            loss_all /= world
+            metrics = {"loss": loss_all, "tokens_per_second": tokens_all / seconds, "learning_rate": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "epoch": epoch, "step": step}
+            if not math.isfinite(loss_all):
+                raise FloatingPointError(f"loss is {loss_all} at step {step}")
+            log_mlflow({k: metrics[k] for k in ("loss", "tokens_per_second", "learning_rate", "grad_norm")}, step)
+
+            # --- checkpoint: rank 0 writes, every rank reports (report is a barrier) ---------------
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                full_state = ckpt.model_state_dict(model, cfg.strategy)
+                with tempfile.TemporaryDirectory(prefix="treasure-ckpt-") as tmp:
+                    checkpoint = None
+                    if rank == 0:
+                        folder = Path(tmp)
+                        ckpt.save_model(model, tokenizer, folder, state_dict=full_state)
+                        ckpt.write_meta(folder, taxonomy=taxonomy, markers=cfg.markers,
+                                        data_manifest_id=loop_config.get("data_manifest_id"),
+                                        config=loop_config["train"], step=step,
+                                        quality_ref=loop_config.get("quality_reference", {}))
+                        adapter = ({k: v for k, v in ckpt.unwrapped(model).state_dict().items() if "lora_" in k}
+                                   if cfg.lora.enabled else None)
+                        ckpt.save_train_state(folder, optimizer=None if cfg.strategy == "fsdp" else optimizer,
+                                              scheduler=scheduler, step=step, epoch=epoch, batch_in_epoch=bi,
+                                              adapter=adapter)
+                        checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_step_{step:06d}")
+        epoch, start_batch = epoch + 1, 0

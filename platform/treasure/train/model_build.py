@@ -1,0 +1,77 @@
+"""Build the model and tokenizer a run trains: a tiny Llama from config, any HF model, or SmolLM2.
+
+- ``tiny``: a Llama-style model built from config (random init, seeded) on the corpus-trained BPE
+  tokenizer (its folder is passed in; see tokenizer_bpe.py);
+- ``hf``: ``from_pretrained`` on a local folder or hub id (the hub only where one is reachable);
+- ``smollm2``: the packaged SmolLM2-135M-Instruct GGUF (treasure.packaged), dequantized by transformers.
+A tokenizer without a pad token gets its eos as pad (labels mask the padding anyway).
+"""
+
+from __future__ import annotations
+
+from treasure.train.config import LoraConfig, ModelConfig
+
+
+def load_tokenizer(model: ModelConfig, tokenizer_dir: str | None):
+    from transformers import AutoTokenizer
+
+    if model.kind == "tiny":
+        if tokenizer_dir is None:
+            raise ValueError("model.kind=tiny needs the trained BPE tokenizer folder")
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    elif model.kind == "hf":
+        tok = AutoTokenizer.from_pretrained(model.path)
+    else:
+        from treasure.packaged import load_smollm2_tokenizer
+
+        tok = load_smollm2_tokenizer()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise ValueError(f"tokenizer of {model.kind} model {model.path or ''} has no chat template; markers go inside one")
+    return tok
+
+
+def tiny_llama_config(model: ModelConfig, tokenizer, max_length: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=model.hidden_size, intermediate_size=model.intermediate_size,
+        num_hidden_layers=model.num_layers, num_attention_heads=model.num_heads,
+        num_key_value_heads=model.num_heads, max_position_embeddings=max_length,
+        tie_word_embeddings=True,  # a small model spends most parameters on embeddings otherwise
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_model(model: ModelConfig, tokenizer, *, max_length: int, seed: int):
+    """The causal LM (float32 weights; autocast handles bf16 on GPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if model.kind == "tiny":
+        lm = LlamaForCausalLM(tiny_llama_config(model, tokenizer, max_length))
+    elif model.kind == "hf":
+        lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
+    else:
+        from treasure.packaged import load_smollm2_model
+
+        lm = load_smollm2_model(dtype=torch.float32)
+    if lm.config.pad_token_id is None:
+        lm.config.pad_token_id = tokenizer.pad_token_id
+    return lm
+
+
+def add_lora(lm, lora: LoraConfig):
+    """Wrap `lm` with peft LoRA adapters (only they train)."""
+    from peft import LoraConfig as PeftLora, get_peft_model
+
+    cfg = PeftLora(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                   target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(lm, cfg)
+
+
+def count_parameters(lm) -> int:
+    """Parameters N for the MFU formula (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())

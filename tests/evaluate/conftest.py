@@ -37,3 +37,17 @@ def write_annotated(folder, n_rows: int = 200) -> str:
 @pytest.fixture(scope="session")
 def annotated_uri(tmp_path_factory):
     return write_annotated(tmp_path_factory.mktemp("annotated"))
+
+
+@pytest.fixture(scope="session")
+def judge_server():
+    """The scripted OpenAI-compatible judge on 127.0.0.1 (tests/evaluate/judge_stub_server.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("judge_stub_server", Path(__file__).with_name("judge_stub_server.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server = module.start()
+    yield server
+    server.shutdown()

@@ -1,0 +1,63 @@
+"""The evaluate stage end to end on local Ray: tiny checkpoint, committed data, HTTP judge, MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from treasure import storage
+from treasure.engine import EngineConfig, SamplingParams
+from treasure.evaluate.config import EvaluateConfig
+from treasure.evaluate.generation import generate_local, generate_rows
+
+
+def test_ray_generation_matches_local(ray_local, tiny_checkpoint, taxonomy):
+    rows = [{"request_id": f"r{i}", "model": "m", "user_turn": f"Question {i}?", "extra": i} for i in range(5)]
+    cfg = EngineConfig(model=str(tiny_checkpoint), batch_size=2)
+    params = SamplingParams(max_tokens=6)
+    via_ray = generate_rows(rows, {"m": cfg}, {"m": True}, params, taxonomy, batch_size=2)
+    local = generate_local(rows, cfg, params, taxonomy, marked=True)
+    assert [r["request_id"] for r in via_ray] == [f"r{i}" for i in range(5)]
+    assert [r["extra"] for r in via_ray] == list(range(5))  # caller columns come back untouched
+    assert [r["raw"] for r in via_ray] == [r["raw"] for r in local]
+    for r in via_ray:
+        assert "<TEMPLATE>" not in r["answer"] and "</TEMPLATE>" not in r["answer"]
+    with pytest.raises(ValueError, match="unique"):
+        generate_rows(rows + rows[:1], {"m": cfg}, {"m": True}, params, taxonomy)
+
+
+def test_stage_end_to_end(ray_local, tiny_checkpoint, annotated_uri, judge_server, tmp_path, monkeypatch):
+    import mlflow
+
+    from treasure.evaluate.stage import run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    out = str(tmp_path / "eval")
+    cfg = EvaluateConfig(
+        input=annotated_uri, baseline=str(tiny_checkpoint), marked=str(tiny_checkpoint), output=out, heldout_fraction=0.2,
+        experiment="test-evaluate", generation={"batch_size": 8, "sampling": {"max_tokens": 6}}, length_control={"prompts": 4},
+        categories={"inference_prompts": 4, "adherence_prompts_per_value": 1, "adherence_max_values": 2},
+        win_rate={"prompts": 3, "bootstrap_resamples": 200, "judge": {"type": "http", "model": "stub", "base_url": judge_server.url}},
+    )
+    summary = run(cfg)
+    assert storage.read_manifest(out)["manifest_id"] == summary["manifest_id"]
+    m = json.loads(storage.read_bytes(storage.join(out, "metrics.json")))
+    assert set(m["length_control"]["conditions"]) == {"baseline_instruction", "marked_instruction", "marked_marker"}
+    assert m["length_control"]["conditions"]["marked_marker"]["n"] == 4
+    assert set(m["inference"]["categories"]) >= {"domain", "task", "language"}
+    assert set(m["adherence"]["categories"]) == {"length_bucket", "language", "format", "code_type"}
+    assert m["win_rates"]["marked_inferred"]["overall"]["n"] + m["win_rates"]["marked_inferred"]["overall"]["failed"] == 3
+    assert m["win_rates"]["quality_steered"]["overall"]["n"] == 3
+    for name in ("report.md", "violation_by_condition.png", "accuracy_by_category.png", "head_vs_tail.png", "data/generations.parquet"):
+        assert storage.exists(storage.join(out, name)), name
+    # MLflow holds the run with the headline metrics and the report.
+    run_data = mlflow.get_run(summary["mlflow_run_id"])
+    assert "length_control.marked_marker.violation_rate" in run_data.data.metrics
+    assert run_data.data.tags["stage"] == "evaluate"
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["mlflow_run_id"], "evaluation")}
+    assert "evaluation/report.md" in arts
+    # Idempotent: same config → the committed summary, no new MLflow run.
+    again = run(cfg)
+    assert again["manifest_id"] == summary["manifest_id"] and again["mlflow_run_id"] == summary["mlflow_run_id"]

@@ -81,3 +81,24 @@ def mlflow_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", (tmp_path / "mlartifacts").as_uri())
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def bpe_checkpoint(tmp_path_factory, taxonomy):
+    """A random-init hidden-32 Llama on a small corpus BPE, in the checkpoint layout (mechanics only)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from treasure.train.checkpoint import write_meta
+    from treasure.train.config import ModelConfig
+    from treasure.train.model_build import tiny_llama_config
+    from treasure.train.tokenizer_bpe import train_bpe
+
+    torch.manual_seed(0)
+    tok = train_bpe([r["prompt"] + " " + r["response"] for r in make_rows(50)], vocab_size=300)
+    model = ModelConfig(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    out = tmp_path_factory.mktemp("bpe_checkpoint")
+    LlamaForCausalLM(tiny_llama_config(model, tok, 64)).save_pretrained(out)
+    tok.save_pretrained(out)
+    write_meta(out, taxonomy=taxonomy, markers=True, data_manifest_id=None, config={}, step=0, quality_ref={})
+    return out

@@ -20,6 +20,7 @@ import importlib
 import random
 import sys
 import types
+import warnings
 
 import numpy as np
 
@@ -142,10 +143,10 @@ def _draw(module, limits: tuple[int, int]) -> tuple[str, str, int]:
 
 
 def generate(cfg: MathematicsSource, seed: int) -> SourceInput:
+    """`cfg.count` questions spread round-robin over the modules; the same seed gives the same items."""
     from importlib.metadata import version
 
     from mathematics_dataset import generate_settings
-    from sympy.core import random as sympy_random
 
     available = training_modules()
     names = cfg.modules or list(available)
@@ -154,18 +155,30 @@ def generate(cfg: MathematicsSource, seed: int) -> SourceInput:
         raise ValueError(f"unknown mathematics modules {unknown}; known: {', '.join(available)}")
     limits = (generate_settings.MAX_QUESTION_LENGTH, generate_settings.MAX_ANSWER_LENGTH)
     per_module = {n: cfg.count // len(names) + (i < cfg.count % len(names)) for i, n in enumerate(names)}
+    with warnings.catch_warnings():
+        # The package calls random.randrange with floats: deprecated in 3.10, an error from 3.12
+        # (this project pins Python 3.11).
+        warnings.filterwarnings("ignore", "non-integer arguments to randrange", DeprecationWarning)
+        items, resampled = _generate_all(available, per_module, limits, seed)
+    lineage = {"package": f"mathematics_dataset {version('mathematics-dataset')}", "seed": seed, "modules": names}
+    return SourceInput(items, lineage, stats={"resampled": resampled, "modules": len(names)})
+
+
+def _generate_all(available: dict, per_module: dict[str, int], limits: tuple[int, int], seed: int):
+    """(items, extra draws) for every module, each module's batch from generators seeded by (seed, module)."""
+    from sympy.core import random as sympy_random
+
     items: list[Item] = []
     resampled = 0
     # The package draws from three global generators: Python's, numpy's and sympy's (randprime).
     saved = random.getstate(), np.random.get_state(), sympy_random.rng.getstate()
     try:
-        for name in names:
-            random.seed(_seed_of(seed, name))
-            np.random.seed(_seed_of(seed, name))
-            sympy_random.seed(_seed_of(seed, name))
+        for name, count in per_module.items():
+            for seed_global in (random.seed, np.random.seed, sympy_random.seed):
+                seed_global(_seed_of(seed, name))
             metadata = {"module": name, "module_group": name.split("__")[0],
                         "composed": name.endswith("_composed"), **HINTS}
-            for j in range(per_module[name]):
+            for j in range(count):
                 label = f"{name}#{j}"
                 try:
                     question, answer, extra = _draw(available[name], limits)
@@ -178,5 +191,4 @@ def generate(cfg: MathematicsSource, seed: int) -> SourceInput:
         random.setstate(saved[0])
         np.random.set_state(saved[1])
         sympy_random.rng.setstate(saved[2])
-    lineage = {"package": f"mathematics_dataset {version('mathematics-dataset')}", "seed": seed, "modules": names}
-    return SourceInput(items, lineage, stats={"resampled": resampled, "modules": len(names)})
+    return items, resampled

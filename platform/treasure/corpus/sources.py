@@ -58,7 +58,9 @@ def text_of(obj: dict, name: str, required: bool = True) -> str | None:
                 raise BadRecord(f"missing field {name!r}")
             return None
         value = value[part]
-    if value is None and not required:
+    if value is None:
+        if required:
+            raise BadRecord(f"missing field {name!r} (null)")
         return None
     if not isinstance(value, str):
         raise BadRecord(f"wrong type: field {name!r} is {type(value).__name__}, expected a string")

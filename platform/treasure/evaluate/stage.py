@@ -16,21 +16,18 @@ import tempfile
 from pathlib import Path
 
 from treasure import storage, tracking
-from treasure.engine import EngineConfig, resolve_model_dir
+from treasure.engine import EngineConfig
 from treasure.evaluate import adherence, inference, length_control, metrics, report, winrate
 from treasure.evaluate.config import EvaluateConfig
 from treasure.evaluate.examples import read_annotated, sample, split, value_counts
 from treasure.evaluate.generation import generate_rows
-from treasure.taxonomy import load_taxonomy
 
 
-def read_model(uri: str) -> tuple[str, dict]:
-    """(local folder, treasure.json) of a checkpoint."""
-    folder = resolve_model_dir(uri)
-    meta_file = Path(folder) / "treasure.json"
-    if not meta_file.exists():
-        raise FileNotFoundError(f"{uri}: no treasure.json; not a checkpoint written by the train stage")
-    return folder, json.loads(meta_file.read_text())
+def read_model(uri: str):
+    """The validated checkpoint at `uri` (local folder, taxonomy, treasure.json), local or s3://."""
+    from treasure.checkpoint import read_checkpoint
+
+    return read_checkpoint(uri)
 
 
 def _generate(requests: dict[str, list[dict]], folders: dict[str, str], config: EvaluateConfig, taxonomy) -> list[dict]:
@@ -105,9 +102,11 @@ def run(config: EvaluateConfig, *, parent_run_id: str | None = None) -> dict:
     existing = storage.read_manifest(config.output)
     if existing and existing.get("config") == config_json and not config.force:
         return {**existing["summary"], "manifest_id": existing["manifest_id"]}
-    base_dir, base_meta = read_model(config.baseline)
-    marked_dir, marked_meta = read_model(config.marked)
-    taxonomy = load_taxonomy(Path(marked_dir) / "taxonomy.yaml")
+    base, marked = read_model(config.baseline), read_model(config.marked)
+    base_dir, base_meta, marked_dir, marked_meta = str(base.local_dir), base.meta, str(marked.local_dir), marked.meta
+    if not marked_meta.get("markers"):
+        raise ValueError(f"{config.marked}: treasure.json says markers=false; `marked` must be a model trained with markers")
+    taxonomy = marked.taxonomy  # the taxonomy the marked model was trained with
     rows, in_manifest = read_annotated(config.input)
     train_rows, held = split(rows, config.heldout_seed, config.heldout_fraction)
     if not held:

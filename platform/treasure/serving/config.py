@@ -35,6 +35,7 @@ class ServeConfig(StrictModel):
     max_queued_requests: int = Field(16, ge=-1, le=100000, description="Requests waiting for a replica before new ones get 503 (-1: unbounded; Serve option).")
     num_cpus: float = Field(1.0, ge=0.0, le=256.0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs reserved per replica (vLLM on GPU: 1).")
+    num_threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads of the engine (None: torch's default, which Ray caps to the replica's num_cpus).")
     auth_token_env: str | None = Field(None, description="Name of the environment variable holding the bearer token; unset: no auth.")
     health_probe_tokens: int = Field(1, ge=1, le=16, description="Tokens the health check generates when it must probe a suspect engine.")
 

@@ -84,6 +84,7 @@ class ModelServer:
         self.engine = engine or load_engine(EngineConfig(
             model=str(self.folder), backend=config.engine, device=config.device,
             **({"dtype": config.dtype} if config.dtype else {}), batch_size=config.max_batch_size,
+            num_threads=config.num_threads,
         ))
         self.health = EngineHealth()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -79,14 +80,30 @@ def _check_resources(config: TrainConfig) -> None:
                            "lower num_workers / cpus_per_worker (an over-asking trainer waits forever)")
 
 
+def _ray_storage(uri: str):
+    """(filesystem, path) for Ray Train's storage. For s3:// the credentials are resolved here, in the
+    driver, because Ray's workers were started without this process's AWS environment."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(uri)
+    if not storage.is_s3(uri) or not os.environ.get("AWS_ACCESS_KEY_ID"):
+        return fs, path
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+              "access_key": os.environ["AWS_ACCESS_KEY_ID"], "secret_key": os.environ["AWS_SECRET_ACCESS_KEY"]}
+    if endpoint:
+        kwargs.update(endpoint_override=endpoint, scheme="https" if endpoint.startswith("https") else "http",
+                      force_virtual_addressing=False)
+    return pafs.S3FileSystem(**kwargs), path
+
+
 def _trainer(config: TrainConfig, ds, loop_config: dict, run_name: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from treasure.train.loop import train_loop_per_worker
 
-    ray_root = storage.join(config.output, "_ray")
-    fs, path = storage.filesystem(ray_root)
+    fs, path = _ray_storage(storage.join(config.output, "_ray"))
     resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,

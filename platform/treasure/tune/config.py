@@ -118,6 +118,8 @@ class TuneConfig(StrictModel):
     evaluate_section: str = Field("evaluate", description="Section of pipeline_config read as the base EvaluateConfig.")
     train_overrides: list[str] = Field(default_factory=list, description="key=value overrides applied to the base train config for every trial (before the sampled values).")
     evaluate_overrides: list[str] = Field(default_factory=list, description="key=value overrides applied to the base evaluate config for every trial.")
+    heldout_rows: int = Field(64, ge=1, le=100000, description="Held-out rows scored for the per-round held-out loss (heldout.{loss,tail.loss,head.loss}).")
+    round_evaluate: bool = Field(False, description="Also run the evaluation suite after rounds 1..R-1 (with round_evaluate_overrides); off: those rounds report the held-out loss only.")
     round_evaluate_overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="Evaluate-config values (dotted keys) for the cheap evaluation after rounds 1..R-1, e.g. fewer prompts, no judge; the last round runs the full suite.",

@@ -28,6 +28,10 @@ from treasure.tune.trial import TrialSetup, report_keys, run_trial
 SEARCH_FILE = "treasure_search.json"  # parent MLflow run id + config of a search, for restore
 
 
+class SearchInterrupted(RuntimeError):
+    """The search stopped before every trial finished (Ctrl-C, SIGTERM); run it again to resume."""
+
+
 def tune_space(space: dict) -> dict[str, Any]:
     """Our domain specs → Ray Tune sample domains (keys unchanged)."""
     from ray import tune
@@ -259,13 +263,18 @@ def run(config: TuneConfig, *, parent_run_id: str | None = None, round_fn: str |
     search_run_id = _open_parent(config, search_dir, restoring, parent_run_id)
     setup = TrialSetup(
         base_train=train, base_evaluate=evaluate, objective=config.objective, rounds=config.rounds,
-        round_evaluate_overrides=dict(config.round_evaluate_overrides), experiment=config.experiment,
+        round_evaluate_overrides=dict(config.round_evaluate_overrides), round_evaluate=config.round_evaluate,
+        heldout_rows=config.heldout_rows, experiment=config.experiment,
         parent_run_id=search_run_id, tracking_uri=tracking.tracking_uri(), artifact_root=tracking.artifact_root(),
         cwd=os.getcwd(), trials_root=str(search_dir.parent / f"{config.name}.trials"), env=dict(env or {}),
         **({"round_fn": round_fn} if round_fn else {}),
     )
     tuner, restored = _tuner(config, setup, search_dir)
     results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(results):
+        # Tune saved its state on the interrupt; nothing is ranked or registered from a partial search.
+        raise SearchInterrupted(f"search {config.name} interrupted with {len(results) - results.num_terminated - results.num_errors} "
+                                f"of {len(results)} trials unfinished; run the same command again to resume from {search_dir}")
     rows = trial_rows(results, config)
     finished = [r for r in rows if not math.isnan(r["objective"])]
     i = obj.best_index(finished, config.objective) if finished else None

@@ -42,6 +42,8 @@ class TrialSetup:
     objective: ObjectiveSpec
     rounds: int
     round_evaluate_overrides: dict[str, Any]
+    round_evaluate: bool
+    heldout_rows: int
     experiment: str
     parent_run_id: str | None
     tracking_uri: str
@@ -157,19 +159,33 @@ def round_train_dict(setup: TrialSetup, params: dict, r: int, state: dict) -> di
 
 
 def train_and_evaluate_round(setup: TrialSetup, params: dict, r: int, state: dict) -> tuple[dict, dict]:
-    """Round r for real: train the chunk, evaluate the checkpoint (cheap or full), return metrics."""
+    """Round r for real: train the chunk, score the held-out loss, evaluate (full suite in the last round)."""
+    from treasure import storage
     from treasure.evaluate import stage as evaluate_stage
     from treasure.evaluate.config import EvaluateConfig
     from treasure.train import stage as train_stage
     from treasure.train.config import TrainConfig
     from treasure.tune.config import apply_params
+    from treasure.tune.heldout_loss import heldout_loss
+    from treasure.tune.longtail import longtail_metrics
 
     train_cfg = TrainConfig.model_validate(round_train_dict(setup, params, r, state))
     train_summary = train_stage.run(train_cfg, parent_run_id=state["mlflow_run_id"])
-    overrides = {} if r == setup.rounds else setup.round_evaluate_overrides
-    eval_dict = apply_params(setup.base_evaluate, {**overrides, "model": train_cfg.output,
-                                                   "output": str(Path(state["trial_dir"]) / f"round-{r}" / "eval")})
-    eval_summary = evaluate_stage.run(EvaluateConfig.model_validate(eval_dict), parent_run_id=state["mlflow_run_id"])
-    state = {**state, "outputs": {**state["outputs"], "model": train_cfg.output, "eval": eval_summary["output"]}}
-    metrics = {"train": train_summary["metrics"], **eval_summary["metrics"]}
+    state = {**state, "outputs": {**state["outputs"], "model": train_cfg.output}}
+    base_eval = EvaluateConfig.model_validate(setup.base_evaluate)
+    metrics: dict = {"train": train_summary["metrics"]}
+    metrics.update(heldout_loss(train_cfg.output, input=base_eval.input, heldout_seed=base_eval.heldout_seed,
+                                heldout_fraction=base_eval.heldout_fraction, tail_fraction=base_eval.tail_fraction,
+                                categories=base_eval.categories.inference_categories, max_rows=setup.heldout_rows,
+                                seed=base_eval.seed, max_length=train_cfg.max_length))
+    last = r == setup.rounds
+    if last or setup.round_evaluate:
+        overrides = {} if last else setup.round_evaluate_overrides
+        out = str(Path(state["trial_dir"]) / f"round-{r}" / "eval")
+        eval_cfg = EvaluateConfig.model_validate(apply_params(setup.base_evaluate, {**overrides, "marked": train_cfg.output, "output": out}))
+        summary = evaluate_stage.run(eval_cfg, parent_run_id=state["mlflow_run_id"])
+        full = json.loads(storage.read_bytes(storage.join(summary["output"], "metrics.json")))
+        metrics.update(summary["metrics"])  # the stage's flat headline metrics (dotted names)
+        metrics.update(longtail_metrics(full))
+        state["outputs"]["eval"] = summary["output"]
     return metrics, state

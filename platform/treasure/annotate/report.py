@@ -1,0 +1,81 @@
+"""Marker report: distribution per category and value, with head/tail bands, as JSON, Markdown, PNG.
+
+Enum and bucket categories are counted per value (share of all annotated rows; a value under
+`tail_share` of rows is in the tail band). Numeric categories get summary statistics.
+
+>>> from treasure.taxonomy import load_taxonomy
+>>> r = marker_report([{"domain": "Code"}] * 19 + [{"domain": "Math"}], load_taxonomy("paper"), 0.1)
+>>> [(v["value"], v["band"]) for v in r["categories"]["domain"]["values"]]
+[('Code', 'head'), ('Math', 'tail')]
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import numpy as np
+
+
+def marker_report(markers: list[dict], taxonomy, tail_share: float = 0.05) -> dict:
+    n = len(markers)
+    out = {"rows": n, "tail_share": tail_share, "taxonomy_version": taxonomy.version, "categories": {}}
+    for cat in taxonomy.categories:
+        present = [m[cat.name] for m in markers if cat.name in m]
+        entry: dict = {"kind": cat.kind, "rows_with_value": len(present), "coverage": round(len(present) / n, 4) if n else 0.0}
+        if cat.kind in ("enum", "bucket"):
+            counts = Counter(present)
+            entry["values"] = [
+                {"value": v, "count": c, "share": round(c / n, 4), "band": "head" if c / n >= tail_share else "tail"}
+                for v, c in counts.most_common()
+            ]
+            entry["tail_values"] = sum(1 for v in entry["values"] if v["band"] == "tail")
+        elif present:
+            x = np.asarray([float(v) for v in present])
+            entry["stats"] = {k: round(float(f(x)), 4) for k, f in
+                              {"min": np.min, "p25": lambda a: np.quantile(a, 0.25), "median": np.median,
+                               "p75": lambda a: np.quantile(a, 0.75), "max": np.max, "mean": np.mean}.items()}
+        out["categories"][cat.name] = entry
+    return out
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"# Marker report ({report['rows']} rows; tail = values under {report['tail_share']:.0%} of rows)", "",
+             "| category | value | count | share | band |", "|---|---|---|---|---|"]
+    for name, entry in report["categories"].items():
+        for v in entry.get("values", []):
+            lines.append(f"| {name} | {v['value']} | {v['count']} | {v['share']:.2%} | {v['band']} |")
+        if "stats" in entry:
+            s = entry["stats"]
+            lines.append(f"| {name} | min {s['min']:g} / median {s['median']:g} / max {s['max']:g} | {entry['rows_with_value']} | {entry['coverage']:.2%} | numeric |")
+        if not entry["rows_with_value"]:
+            lines.append(f"| {name} | (no value) | 0 | 0.00% | - |")
+    return "\n".join(lines) + "\n"
+
+
+def report_png(report: dict) -> bytes:
+    """One horizontal bar chart per enum/bucket category with values; tail bars in a second colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = [(k, e) for k, e in report["categories"].items() if e.get("values")]
+    cols = 3
+    rows = max(1, -(-len(cats) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(cats):]:
+        ax.axis("off")
+    for ax, (name, entry) in zip(axes.flat, cats):
+        values = entry["values"][::-1]
+        ax.barh([v["value"] for v in values], [v["share"] for v in values],
+                color=["#c44e52" if v["band"] == "tail" else "#4c72b0" for v in values])
+        ax.axvline(report["tail_share"], color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(f"{name} (coverage {entry['coverage']:.0%})", fontsize=10)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"Marker distribution, {report['rows']} rows (red: tail < {report['tail_share']:.0%})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()

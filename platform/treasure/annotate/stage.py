@@ -1,0 +1,185 @@
+"""The annotate stage's Ray Data shell: shards, resume, errors table, atomic publish.
+
+    run(config) -> {"output", "manifest_id", "mlflow_run_id", "metrics"}
+
+1. Plan shards: row ranges of the committed input's Parquet files (`shard_rows` each).
+2. Skip shards already finished under `<output>/_staging/<config hash>/shards/<shard>/`
+   (a `done.json` written after the shard's data and errors files).
+3. Ray Data: shard specs → read + cheap annotators (tasks) → LLM tagger (actor pool) →
+   quality + merge (actor pool) → the driver, which writes each shard when all its rows arrived.
+4. Publish: quality_bucket (quartiles per language over all rows), final parts, errors table,
+   marker report; check input rows = annotated + error rows and ids unique; manifest last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from treasure import storage
+from treasure.annotate.config import AnnotateConfig
+from treasure.annotate.publish import publish
+from treasure.taxonomy import load_taxonomy
+
+log = logging.getLogger("treasure.annotate")
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN")
+ERROR_COLUMNS = ["id", "stage", "reason", "raw"]
+
+
+def config_hash(cfg: AnnotateConfig) -> str:
+    """What decides the content of a shard (everything but `force`)."""
+    data = cfg.model_dump(mode="json", exclude={"force"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def plan_shards(input_uri: str, manifest: dict, shard_rows: int, max_rows: int) -> list[dict]:
+    """Row-range shards over the input's data files, each with its share of the tagger budget."""
+    specs = []
+    for entry in sorted(manifest["files"], key=lambda e: e["path"]):
+        if not entry["path"].startswith("data/"):
+            continue
+        uri = storage.join(input_uri, entry["path"])
+        fs, path = storage.filesystem(uri)
+        n = pq.ParquetFile(fs.open_input_file(path)).metadata.num_rows
+        stem = entry["path"].rsplit("/", 1)[-1].removesuffix(".parquet")
+        for start in range(0, n, shard_rows):
+            specs.append({"shard": f"{stem}-{start:09d}", "file": uri, "start": start, "stop": min(n, start + shard_rows)})
+    for i, s in enumerate(specs):  # split the tagger's cap evenly, so a shard's choice never depends on others
+        s["tag_budget"] = max_rows // len(specs) + (1 if i < max_rows % len(specs) else 0)
+    return specs
+
+
+def shard_dir(cfg: AnnotateConfig, shard: str) -> str:
+    return storage.join(cfg.output, "_staging", config_hash(cfg), "shards", shard)
+
+
+def _write_table(uri: str, df: pd.DataFrame) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
+    storage.write_bytes(uri, sink.getvalue().to_pybytes())
+
+
+def error_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The errors-table rows of a batch: id, stage, reason, raw (row JSON, 2,000 characters at most)."""
+    bad = df[df["_error"].notna()]
+    raw = [json.dumps({k: (v if isinstance(v, (str, int, float)) or v is None else repr(v)) for k, v in r.items()},
+                      ensure_ascii=False)[:2000] for r in bad[["id", "source", "prompt", "response", "metadata"]].to_dict("records")]
+    return pd.DataFrame({"id": bad["id"].astype(object), "stage": bad["_error_stage"], "reason": bad["_error"], "raw": raw}, columns=ERROR_COLUMNS)
+
+
+def write_shard(cfg: AnnotateConfig, shard: str, df: pd.DataFrame) -> dict:
+    """Data + errors files of one shard, then done.json (last, so a crash never marks a half shard)."""
+    base = shard_dir(cfg, shard)
+    good = df[df["_error"].isna()].drop(columns=["_error", "_error_stage", "_shard"])
+    errs = error_rows(df)
+    _write_table(storage.join(base, "data.parquet"), good)
+    _write_table(storage.join(base, "errors.parquet"), errs)
+    done = {"shard": shard, "rows": len(good), "error_rows": len(errs), "input_rows": len(df)}
+    storage.write_bytes(storage.join(base, "done.json"), json.dumps(done).encode())
+    return done
+
+
+def read_done(cfg: AnnotateConfig, shard: str) -> dict | None:
+    uri = storage.join(shard_dir(cfg, shard), "done.json")
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+
+
+def check_resources(cfg: AnnotateConfig, cpus: float) -> None:
+    """Refuse a plan whose actors would hold every CPU (the read tasks would then wait forever)."""
+    need = cfg.rule_num_cpus
+    if cfg.tagger.enabled:
+        need += cfg.tagger.pool.concurrency * cfg.tagger.pool.num_cpus
+    need += cfg.quality.pool.concurrency * cfg.quality.pool.num_cpus
+    if need > cpus + 1e-9:
+        raise ValueError(
+            f"annotate asks for {need} CPUs (rule_num_cpus + tagger.pool + quality.pool) but the cluster has {cpus}; "
+            "lower concurrency or num_cpus (fractions are fine)")
+
+
+def build_dataset(cfg: AnnotateConfig, specs: list[dict]):
+    import ray
+
+    from treasure.annotate.workers import Finisher, Tagger, read_shard_batch
+
+    config = cfg.model_dump(mode="json")
+    env = {k: os.environ[k] for k in S3_ENV if k in os.environ}
+    ds = ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
+    ds = ds.map_batches(read_shard_batch, batch_size=1, batch_format="pandas", num_cpus=cfg.rule_num_cpus,
+                        fn_kwargs={"config": config, "env": env})
+    if cfg.tagger.enabled and any(s["tag_budget"] for s in specs):
+        p = cfg.tagger.pool
+        ds = ds.map_batches(Tagger, fn_constructor_kwargs={"config": config}, batch_size=p.batch_size, batch_format="pandas",
+                            concurrency=p.concurrency, num_cpus=p.num_cpus, num_gpus=p.num_gpus)
+    q = cfg.quality.pool
+    return ds.map_batches(Finisher, fn_constructor_kwargs={"config": config}, batch_size=q.batch_size, batch_format="pandas",
+                          concurrency=q.concurrency, num_cpus=q.num_cpus, num_gpus=q.num_gpus)
+
+
+def annotate_shards(cfg: AnnotateConfig, todo: list[dict], crash_after_shards: int | None = None) -> int:
+    """Run the Ray Data pipeline over unfinished shards; the driver writes each shard as it completes."""
+    import ray
+
+    check_resources(cfg, ray.cluster_resources().get("CPU", 0))
+    expected = {s["shard"]: s["stop"] - s["start"] for s in todo}
+    pending: dict[str, list[pd.DataFrame]] = {}
+    written, t0 = 0, time.monotonic()
+    for batch in build_dataset(cfg, todo).iter_batches(batch_size=None, batch_format="pandas"):
+        for shard, part in batch.groupby("_shard", sort=False):
+            pending.setdefault(shard, []).append(part)
+            if sum(len(p) for p in pending[shard]) < expected[shard]:
+                continue
+            done = write_shard(cfg, shard, pd.concat(pending.pop(shard), ignore_index=True))
+            written += 1
+            print(f"annotate: shard {shard} done ({written}/{len(todo)} shards this run, {done['rows']} rows, "
+                  f"{done['error_rows']} errors, {time.monotonic() - t0:.0f}s)", flush=True)
+            if crash_after_shards is not None and written >= crash_after_shards:
+                raise RuntimeError(f"simulated crash after {written} shards")
+    if pending:
+        raise RuntimeError(f"shards with missing rows after the pipeline ended: {sorted(pending)}")
+    return written
+
+
+def run(config: AnnotateConfig, *, parent_run_id: str | None = None, crash_after_shards: int | None = None) -> dict:
+    """Annotate `config.input` into `config.output` (see module docstring); idempotent per config."""
+    from treasure import tracking
+
+    cfg = config
+    committed = storage.read_manifest(cfg.output)
+    if committed and not cfg.force and committed.get("config") == cfg.model_dump(mode="json"):
+        return {**committed["summary"], "manifest_id": committed["manifest_id"]}
+    source = storage.read_manifest(cfg.input)
+    if source is None:
+        raise FileNotFoundError(f"{cfg.input} has no committed manifest: run the normalize stage first")
+    taxonomy = load_taxonomy(cfg.taxonomy)
+    validate_mapping(cfg, taxonomy)
+    specs = plan_shards(cfg.input, source, cfg.shard_rows, cfg.tagger.max_rows if cfg.tagger.enabled else 0)
+    lineage = {"input": cfg.input, "input_manifest_id": source["manifest_id"], "output": cfg.output}
+    with tracking.run(cfg.experiment, "annotate", config=cfg, taxonomy=taxonomy, lineage=lineage, parent_run_id=parent_run_id) as active:
+        t0 = time.monotonic()
+        todo = [s for s in specs if read_done(cfg, s["shard"]) is None]
+        print(f"annotate: {len(specs)} shards, {len(specs) - len(todo)} already done, {len(todo)} to run", flush=True)
+        if committed:  # un-commit the old output before any of its files is replaced
+            storage.delete(storage.join(cfg.output, storage.MANIFEST))
+        ran = annotate_shards(cfg, todo, crash_after_shards) if todo else 0
+        summary = publish(cfg, taxonomy, specs, source, active.info.run_id,
+                          {"shards": len(specs), "shards_run": ran, "shards_skipped": len(specs) - len(todo),
+                           "seconds": round(time.monotonic() - t0, 2)})
+    return summary
+
+
+def validate_mapping(cfg: AnnotateConfig, taxonomy) -> None:
+    """Every marker the metadata mapping can emit must be allowed by the taxonomy (fail before any work)."""
+    for source, spec in cfg.metadata.items():
+        tables = [spec.markers] + [m for field in spec.fields.values() for m in field.values()]
+        for markers in tables:
+            try:
+                taxonomy.validate_markers(markers)
+            except ValueError as e:
+                raise ValueError(f"annotate.metadata.{source}: {e}") from None

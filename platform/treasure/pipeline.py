@@ -1,0 +1,184 @@
+"""The whole method in order: normalize → annotate → train baseline and marked → evaluate → register.
+
+One YAML file holds every stage's section (each validated by that stage's own config model) plus
+a `pipeline:` section. Each stage skips itself when its output already holds a committed result
+of the same config, so a rerun after a crash resumes at the first unfinished stage. All stage
+runs nest under one MLflow parent run in one experiment, so two pipeline runs compare side by
+side in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import Field, model_validator
+
+from treasure.annotate.config import AnnotateConfig
+from treasure.config import StrictModel
+from treasure.corpus.config import NormalizeConfig
+from treasure.evaluate.config import EvaluateConfig
+from treasure.train.config import TrainConfig
+
+STAGES = ("normalize", "annotate", "train_baseline", "train_marked", "evaluate", "register")
+
+
+class PipelineSection(StrictModel):
+    """Settings of the pipeline itself (not of any stage)."""
+
+    experiment: str = Field("treasure-hunt", description="MLflow experiment of every stage run (overrides the stages' own).")
+    run_name: str = Field("pipeline", description="Name of the MLflow parent run.")
+    baseline_output: str = Field(description="Checkpoint folder of the baseline (the `train` section with markers off).")
+    stages: list[str] = Field(default_factory=lambda: list(STAGES), description=f"Stages to run, in order; any of {list(STAGES)}.")
+    registered_alias: str = Field("candidate", description="MLflow alias set on the marked model version after evaluation.")
+
+    @model_validator(mode="after")
+    def _known(self) -> "PipelineSection":
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stages {unknown}; known: {list(STAGES)}")
+        return self
+
+
+class PipelineConfig(StrictModel):
+    """A whole pipeline: one section per stage. `train` describes the marked model."""
+
+    pipeline: PipelineSection
+    normalize: NormalizeConfig
+    annotate: AnnotateConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+
+    @model_validator(mode="after")
+    def _wired(self) -> "PipelineConfig":
+        """Stages must read what the stage before wrote; a mismatch is a config error, not a silent fork."""
+        links = [
+            ("annotate.input", self.annotate.input, "normalize.output", self.normalize.output),
+            ("train.input", self.train.input, "annotate.output", self.annotate.output),
+            ("evaluate.input", self.evaluate.input, "annotate.output", self.annotate.output),
+            ("evaluate.marked", self.evaluate.marked, "train.output", self.train.output),
+            ("evaluate.baseline", self.evaluate.baseline, "pipeline.baseline_output", self.pipeline.baseline_output),
+        ]
+        bad = [f"{a}={va!r} but {b}={vb!r}" for a, va, b, vb in links if va.rstrip("/") != vb.rstrip("/")]
+        if bad:
+            raise ValueError("stages are not wired to each other: " + "; ".join(bad))
+        if not self.train.markers:
+            raise ValueError("train.markers must be true: the `train` section is the marked model (the baseline is derived)")
+        if self.train.output.rstrip("/") == self.pipeline.baseline_output.rstrip("/"):
+            raise ValueError("pipeline.baseline_output must differ from train.output")
+        if self.annotate.taxonomy != self.train.taxonomy:
+            raise ValueError(f"annotate.taxonomy={self.annotate.taxonomy!r} but train.taxonomy={self.train.taxonomy!r}")
+        return self
+
+    def stage_configs(self) -> dict[str, StrictModel]:
+        """Each stage's config as it runs: one experiment for all; the baseline derived from `train`.
+
+        Local relative paths become absolute here, in the driver: Ray workers may run in another
+        working directory (a job's runtime_env), and must still write where the driver reads.
+        """
+        exp = {"experiment": self.pipeline.experiment}
+        marked = self.train.model_copy(update=exp)
+        baseline = self.train.model_copy(update={**exp, "markers": False, "output": self.pipeline.baseline_output})
+        configs = {
+            "normalize": self.normalize.model_copy(update=exp),
+            "annotate": self.annotate.model_copy(update=exp),
+            "train_baseline": baseline,
+            "train_marked": marked,
+            "evaluate": self.evaluate.model_copy(update=exp),
+        }
+        return {name: _absolute_paths(cfg) for name, cfg in configs.items()}
+
+
+PATH_FIELDS = ("input", "output", "baseline", "marked")
+
+
+def _absolute_paths(cfg: StrictModel) -> StrictModel:
+    update = {}
+    for field in PATH_FIELDS:
+        value = getattr(cfg, field, None)
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            update[field] = str(Path(value).resolve())
+    return cfg.model_copy(update=update)
+
+
+def _runners() -> dict[str, Callable[..., dict]]:
+    # Imported here so that loading a config never imports Ray or torch.
+    from treasure.annotate import stage as annotate
+    from treasure.corpus import stage as normalize
+    from treasure.evaluate import stage as evaluate
+    from treasure.train import stage as train
+
+    return {"normalize": normalize.run, "annotate": annotate.run, "train_baseline": train.run,
+            "train_marked": train.run, "evaluate": evaluate.run}
+
+
+def register(summaries: dict[str, dict], alias: str) -> dict:
+    """Tag the marked model's registered version with the evaluation's headline metrics and an alias."""
+    from mlflow.tracking import MlflowClient
+
+    from treasure.tracking import tracking_uri
+
+    marked = summaries.get("train_marked", {})
+    name, version = marked.get("registered_model"), marked.get("model_version")
+    if not name or not version:
+        return {"skipped": "the marked training run registered no model version"}
+    client = MlflowClient(tracking_uri())
+    for key, value in headline(summaries).items():
+        client.set_model_version_tag(name, str(version), f"eval.{key}", str(value))
+    client.set_registered_model_alias(name, alias, str(version))
+    return {"registered_model": name, "model_version": version, "alias": alias}
+
+
+def headline(summaries: dict[str, dict]) -> dict[str, Any]:
+    """The few numbers a person looks at first (flat, from the evaluation summary)."""
+    metrics = summaries.get("evaluate", {}).get("metrics", {})
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Run the configured stages in order under one MLflow parent run; returns each stage's summary."""
+    from treasure.tracking import run as tracking_run
+
+    runners = _runners()
+    configs = config.stage_configs()
+    summaries: dict[str, dict] = {}
+    total = len(config.pipeline.stages)
+    with tracking_run(config.pipeline.experiment, config.pipeline.run_name, config=config) as parent:
+        parent_id = parent.info.run_id
+        for i, name in enumerate(config.pipeline.stages, 1):
+            log(f"[pipeline] stage {i}/{total} {name}: start")
+            t0 = time.time()
+            if name == "register":
+                summaries[name] = register(summaries, config.pipeline.registered_alias)
+            else:
+                summaries[name] = runners[name](configs[name], parent_run_id=parent_id)
+            summaries[name]["seconds"] = round(time.time() - t0, 1)
+            cached = " (already committed: reused)" if summaries[name].get("cached") else ""
+            log(f"[pipeline] stage {i}/{total} {name}: done in {summaries[name]['seconds']}s{cached}")
+        import mlflow
+
+        for key, value in headline(summaries).items():
+            mlflow.log_metric(key.replace("/", "."), float(value))
+        summaries["pipeline"] = {"mlflow_run_id": parent_id, "experiment": config.pipeline.experiment}
+    return summaries
+
+
+def summary_table(summaries: dict[str, dict]) -> str:
+    """A plain-text table: stage, seconds, output, MLflow run id; then the headline metrics."""
+    rows = [("stage", "seconds", "output", "mlflow run")]
+    for name in STAGES:
+        if name in summaries:
+            s = summaries[name]
+            rows.append((name, str(s.get("seconds", "")), str(s.get("output", s.get("registered_model", s.get("skipped", "")))),
+                         str(s.get("mlflow_run_id", ""))))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    metrics = headline(summaries)
+    if metrics:
+        lines.append("")
+        lines.append("headline metrics (evaluate):")
+        lines += [f"  {k:<48} {v:.4g}" if isinstance(v, float) else f"  {k:<48} {v}" for k, v in sorted(metrics.items())]
+    if "pipeline" in summaries:
+        lines.append(f"\nMLflow parent run {summaries['pipeline']['mlflow_run_id']} in experiment {summaries['pipeline']['experiment']!r}")
+    return "\n".join(lines)

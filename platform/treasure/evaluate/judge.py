@@ -189,6 +189,7 @@ class LikelihoodScorer:
 
         self.config = config
         self.engine = load_engine(EngineConfig(model=config.model, batch_size=config.batch_size))
+        self.cache: dict[tuple[str, str], float] = {}
 
     def scores(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float | None]:
         import torch
@@ -199,6 +200,9 @@ class LikelihoodScorer:
             if not a.strip():
                 out.append(None)
                 continue
+            if (p, a) in self.cache:  # the baseline's answer meets several candidates
+                out.append(self.cache[(p, a)])
+                continue
             head = tok(self.engine.chat_text(p), add_special_tokens=False)["input_ids"]
             body = tok(a[: self.config.max_answer_chars], add_special_tokens=False)["input_ids"]
             ids = torch.tensor([head + body])
@@ -206,6 +210,7 @@ class LikelihoodScorer:
                 logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
             picked = logp[len(head) - 1:, :].gather(1, ids[0, len(head):, None])  # (len(body), 1)
             out.append(float(picked.mean()))
+            self.cache[(p, a)] = out[-1]
         return out
 
     def judge(self, prompts, answers_a, answers_b) -> list[Judgement]:

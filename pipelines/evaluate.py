@@ -1,0 +1,22 @@
+"""Evaluate a baseline / marked model pair: length control, marker inference, adherence, win rates.
+
+Run:  .venv/bin/python pipelines/evaluate.py --config pipelines/configs/demo.yaml [key=value ...]
+Overrides are relative to the `evaluate:` section, e.g. `win_rate.judge.type=http
+win_rate.judge.base_url=http://127.0.0.1:8000/v1 win_rate.judge.model=my-judge force=true`.
+Ray: RAY_ADDRESS when set (a cluster; e.g. generation.num_actors=8 generation.gpus_per_actor=1
+generation.backend=vllm), else a local cluster pinned to 127.0.0.1.
+Writes <output>/report.md, metrics.json, PNG plots, data/generations.parquet; logs all to MLflow.
+"""
+
+import json
+
+if __name__ == "__main__":
+    from treasure.cluster import init_ray
+    from treasure.config import cli_args, load_config
+    from treasure.evaluate.config import EvaluateConfig
+    from treasure.evaluate.stage import run
+
+    args = cli_args(__doc__.splitlines()[0], default_config="pipelines/configs/demo.yaml")
+    config = load_config(EvaluateConfig, args.config, args.overrides, section="evaluate")
+    init_ray()
+    print(json.dumps(run(config), indent=2))

@@ -92,7 +92,9 @@ def _win_rates(config, rows, by_id, lc_rows, bands, judge) -> dict:
         ann = [json.loads(by_id.get(("marked", f"plain:{flat[i][1]['example_id']}"), {}).get("annotated", "{}")) for i in idx]
         out[name] = winrate.summarize([judged[i] for i in idx], ann, bands, n_resamples=config.win_rate.bootstrap_resamples, seed=config.seed)
         for i in idx:
-            flat[i][1].setdefault("judgements", {})[name] = judged[i].outcome
+            j = judged[i]  # kept with the candidate row: outcome and the judge's raw answers
+            flat[i][1].setdefault("judgements", {})[name] = {"outcome": j.outcome, "first": j.first, "second": j.second,
+                                                             "raw_first": j.raw_first, "raw_second": j.raw_second}
     return out
 
 

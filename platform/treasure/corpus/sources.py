@@ -172,7 +172,7 @@ def alpaca_zh_mapping(cfg: AlpacaZhSource) -> FileSource:
         type="file", path=cfg.path, format="json", prompt=["instruction", "input"], response="output",
         language="Chinese",
         # Machine-translated Alpaca (whose English answers were model-generated): source marker Translation.
-        metadata={"source_kind": "Translation", "dataset": "alpaca-zh"},
+        metadata={"source_kind": "Translation"},
     )
 
 

@@ -9,14 +9,17 @@ Library entry point `run(config)` (see notes in docs/data-formats.md, normalize 
 The corpus is small (thousands of rows), so this stage is one plain process: no Ray. Files are
 written under `_staging/<attempt>/` first, copied into place, and trusted only once the manifest
 is committed; the old manifest is removed before anything else is touched, so a crash never leaves
-a mix of old and new files published as complete.
+a mix of old and new files published as complete. A committed output made by the same config and
+the same code of this package is returned as is (`force: true` recomputes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -98,7 +101,7 @@ def publish(config: NormalizeConfig, results: list[SourceResult], extra: dict) -
         "capped_per_source": {s: c["capped"] for s, c in per.items()},
         "records_per_source": {s: c["records"] for s, c in per.items()},
         "duplicates": sum(c["duplicates"] for c in per.values()),
-        "source_stats": per, "config": config_record(config), **extra,
+        "source_stats": per, "config": config_record(config), "code_version": code_version(), **extra,
     }
     return storage.commit_manifest(out, final, manifest_extra)
 
@@ -106,6 +109,14 @@ def publish(config: NormalizeConfig, results: list[SourceResult], extra: dict) -
 def config_record(config: NormalizeConfig) -> dict:
     """The config as recorded in the manifest (`force` changes how, not what, so it is left out)."""
     return config.model_dump(mode="json", exclude={"force"})
+
+
+def code_version() -> str:
+    """Hash of this package's source: a cached result is reused only if the code that made it is the same."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def errors_by_reason(results: list[SourceResult]) -> dict[str, dict[str, int]]:
@@ -124,7 +135,8 @@ def summary(manifest: dict, output: str, cached: bool) -> dict:
 def run(config: NormalizeConfig, *, parent_run_id: str | None = None) -> dict:
     """Normalize every source into `config.output`; returns {output, manifest_id, mlflow_run_id, metrics, ...}."""
     existing = storage.read_manifest(config.output)
-    if existing and not config.force and existing.get("config") == config_record(config):
+    same = existing and existing.get("config") == config_record(config) and existing.get("code_version") == code_version()
+    if same and not config.force:
         storage.verify_manifest(config.output, existing)
         return summary(existing, config.output, cached=True)
     import mlflow

@@ -34,6 +34,9 @@ def test_length_control_requests_three_conditions(demo_tax):
     with pytest.raises(ValueError, match="leave length_control.limits empty"):
         length_control.limits(LengthControlConfig(limits=[10]), demo_tax)
     assert length_control.limits(LengthControlConfig(length_marker="length_tokens", limits=[10, 20]), demo_tax) == [(10, "10"), (20, "20")]
+    assert length_control.limits(LengthControlConfig(bucket_values=["concise"]), demo_tax) == [(47, "concise")]
+    with pytest.raises(ValueError, match="not bounded buckets"):
+        length_control.limits(LengthControlConfig(bucket_values=["long"]), demo_tax)
 
 
 def test_length_control_score_and_pairs():

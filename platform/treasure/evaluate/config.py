@@ -28,7 +28,8 @@ class LengthControlConfig(StrictModel):
 
     prompts: int = Field(40, ge=0, le=100000, description="Held-out prompts (0 skips length control).")
     length_marker: Literal["length_bucket", "length_tokens"] = Field("length_bucket", description="Marker fixed in the 'marker fixed' condition.")
-    limits: list[int] = Field(default_factory=list, description="Word limits N cycled over prompts; empty with length_bucket: every bounded bucket's upper bound.")
+    limits: list[int] = Field(default_factory=list, description="Word limits N cycled over prompts (length_tokens only; length_bucket takes its buckets' bounds).")
+    bucket_values: list[str] = Field(default_factory=list, description="length_bucket: the bounded buckets to test (empty: all of them).")
     instruction: str = Field("Answer in at most {n} words.", description="Natural-language limit appended to the prompt ({n} is the limit).")
 
 
@@ -61,6 +62,7 @@ class EvaluateConfig(StrictModel):
     seed: int = Field(0, ge=0, description="Seed for prompt sampling, generation and bootstrap.")
     heldout_seed: int = Field(0, ge=0, description="Seed of the held-out split (must equal training's).")
     heldout_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="Share of examples held out (must equal training's).")
+    max_prompt_chars: int = Field(1000, ge=10, le=1000000, description="Held-out prompts longer than this are not used (a small model's context must hold prompt + answer).")
     tail_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="A marker value under this share of rows is in the tail band.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Generation settings.")
     length_control: LengthControlConfig = Field(default_factory=LengthControlConfig, description="Length-instruction control.")

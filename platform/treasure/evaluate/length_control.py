@@ -30,7 +30,11 @@ def limits(config: LengthControlConfig, taxonomy: Taxonomy) -> list[tuple[int, s
     if config.limits:
         raise ValueError("with length_marker: length_bucket the limits are the buckets' bounds; leave length_control.limits empty")
     cat = taxonomy.category("length_bucket")
-    return [(int(b.below) - 1, b.value) for b in cat.buckets if b.below is not None]
+    bounded = [(int(b.below) - 1, b.value) for b in cat.buckets if b.below is not None]
+    unknown = set(config.bucket_values) - {v for _, v in bounded}
+    if unknown:
+        raise ValueError(f"length_control.bucket_values {sorted(unknown)} are not bounded buckets of length_bucket: {[v for _, v in bounded]}")
+    return [(n, v) for n, v in bounded if not config.bucket_values or v in config.bucket_values]
 
 
 def requests(examples: list[Example], config: LengthControlConfig, taxonomy: Taxonomy) -> dict[str, list[dict]]:

@@ -27,7 +27,8 @@ def _win_cell(w: dict) -> str:
 def markdown(m: dict) -> str:
     """The Markdown report for a metrics dict (as written to metrics.json)."""
     lines = [f"# Evaluation: {m['models']['marked']} vs {m['models']['baseline']}", "",
-             f"Held-out examples: {m['data']['heldout_rows']} of {m['data']['rows']} (annotated `{m['data']['input']}`); "
+             f"Held-out examples: {m['data']['heldout_rows']} of {m['data']['rows']} (annotated `{m['data']['input']}`), "
+             f"{m['data']['heldout_used']} short enough to use; {m['prompt_too_long']['examples']} dropped as longer than the context; "
              f"taxonomy `{m['taxonomy_version']}`; judge `{m['judge']}`. Intervals are 95% (Wilson for rates, bootstrap for win rates).", ""]
     lc = m.get("length_control")
     if lc:

@@ -56,9 +56,14 @@ def plan(config: EvaluateConfig, taxonomy, held, counts, quality_reference) -> d
 
 def score_all(config: EvaluateConfig, taxonomy, rows: list[dict], bands, judge) -> dict:
     """Metrics from generated rows (rows carry `model` and `request_id`)."""
+    # A prompt the model's context cannot hold has no answer to score: it is counted, and its
+    # example leaves every comparison it belongs to (so conditions stay paired).
+    too_long = [r for r in rows if r["finish_reason"] == "prompt_too_long"]
+    dropped = {r["example_id"] for r in too_long}
+    out: dict = {"prompt_too_long": {"requests": len(too_long), "examples": len(dropped)}}
+    rows = [r for r in rows if r["example_id"] not in dropped]
     by_id = {(r["model"], r["request_id"]): r for r in rows}
     marked = [r for r in rows if r["model"] == "marked"]
-    out: dict = {}
     lc_rows = [r for r in rows if r["request_id"].startswith("lc:")]
     for r in lc_rows:
         r["words"] = adherence.word_count(r["answer"], r["language"])
@@ -110,9 +115,11 @@ def run(config: EvaluateConfig, *, parent_run_id: str | None = None) -> dict:
         raise ValueError(f"{config.marked}: treasure.json says markers=false; `marked` must be a model trained with markers")
     taxonomy = marked.taxonomy  # the taxonomy the marked model was trained with
     rows, in_manifest = read_annotated(config.input)
-    train_rows, held = split(rows, config.heldout_seed, config.heldout_fraction)
+    train_rows, held_all = split(rows, config.heldout_seed, config.heldout_fraction)
+    held = [e for e in held_all if len(e.prompt) <= config.max_prompt_chars]
     if not held:
-        raise ValueError(f"no held-out rows in {config.input} at heldout_fraction={config.heldout_fraction}; raise it")
+        raise ValueError(f"no held-out rows in {config.input} at heldout_fraction={config.heldout_fraction} "
+                         f"with prompts of at most {config.max_prompt_chars} characters; raise either")
     counts = value_counts(train_rows)
     bands = metrics.value_bands(counts, config.tail_fraction)
     requests = plan(config, taxonomy, held, counts, marked_meta.get("quality_reference") or {})
@@ -130,7 +137,8 @@ def run(config: EvaluateConfig, *, parent_run_id: str | None = None) -> dict:
         m = score_all(config, taxonomy, generated, bands, judge)
         m.update(models={"baseline": config.baseline, "marked": config.marked}, taxonomy_version=taxonomy.version,
                  judge=f"{config.win_rate.judge.type}:{config.win_rate.judge.model}",
-                 data={"input": config.input, "rows": len(rows), "heldout_rows": len(held), "train_rows": len(train_rows)},
+                 data={"input": config.input, "rows": len(rows), "heldout_rows": len(held_all), "heldout_used": len(held),
+                       "train_rows": len(train_rows)},
                  bands=bands, generations=len(generated))
         summary = _publish(config, config_json, m, generated, active.info.run_id, in_manifest)
     return summary

@@ -82,7 +82,6 @@ def test_local_run_publishes_accounts_and_is_idempotent(input_root, tmp_path, ml
 
 
 def test_s3_round_trip(input_root, s3_bucket, mlflow_store):
-    fs, _ = storage.filesystem(s3_bucket)
     for path in sorted(input_root.rglob("*")):
         if path.is_file():
             storage.write_bytes(f"{s3_bucket}/in/{path.relative_to(input_root)}", path.read_bytes())

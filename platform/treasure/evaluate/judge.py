@@ -76,6 +76,7 @@ class JudgeConfig(StrictModel):
     api_key_env: str | None = Field("TREASURE_JUDGE_API_KEY", description="Environment variable holding the endpoint's key (never the key itself).")
     timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout (http judge).")
     max_retries: int = Field(2, ge=0, le=10, description="Retries on transport errors and 5xx (http judge); malformed answers are not retried.")
+    concurrency: int = Field(4, ge=1, le=256, description="Judge requests in flight at once (http judge).")
     max_tokens: int = Field(512, ge=1, le=8192, description="Judge answer length (http judge).")
     max_answer_chars: int = Field(2000, ge=100, le=100000, description="Answers are cut to this many characters before judging.")
     tie_margin: float = Field(0.05, ge=0.0, le=10.0, description="Likelihood scorer: score differences up to this are ties (nats per token).")
@@ -129,7 +130,12 @@ class HttpJudge:
         return judge_in_both_orders(self, prompts, answers_a, answers_b, self.config.max_answer_chars)
 
     def verdicts(self, user_turns: Sequence[str]) -> list[tuple[str | None, str]]:
-        return [(parse_verdict(raw) if not raw.startswith("ERROR:") else None, raw) for raw in map(self.ask, user_turns)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Requests in flight at once: an endpoint serves many; map keeps the order.
+        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+            raws = list(pool.map(self.ask, user_turns))
+        return [(parse_verdict(raw) if not raw.startswith("ERROR:") else None, raw) for raw in raws]
 
 
 def _content(response) -> str:

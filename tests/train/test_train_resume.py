@@ -12,7 +12,8 @@ import time
 def _train_worker_pids(ray) -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+    # Name this session's cluster: other local clusters may run on the same machine.
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], detail=True)
     return [a.pid for a in actors if "RayTrainWorker" in (a.class_name or "")]
 
 

@@ -51,17 +51,22 @@ def _tokenizer(cfg, tokenizer_files: dict[str, bytes] | None):
 
 
 def _mlflow_logger(mlflow_info: dict | None):
-    """A function logging {name: value} at a step to the stage's MLflow run (rank 0), or a no-op."""
+    """log(metrics, step, flush=False): buffers per-step metrics for the stage's MLflow run (rank 0)
+    and writes them in one batch on flush, so a database write does not slow every step."""
     if not mlflow_info:
-        return lambda metrics, step: None
+        return lambda metrics, step, flush=False: None
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     client = MlflowClient(mlflow_info["tracking_uri"])
+    buffer: list = []
 
-    def log(metrics: dict[str, float], step: int) -> None:
+    def log(metrics: dict[str, float], step: int, flush: bool = False) -> None:
         now = int(time.time() * 1000)
-        client.log_batch(mlflow_info["run_id"], metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if flush or len(buffer) >= 900:  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(mlflow_info["run_id"], metrics=buffer)
+            buffer.clear()
 
     return log
 
@@ -139,7 +144,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
-    log_mlflow({"resumed_from_step": step}, step)
+    log_mlflow({"resumed_from_step": step}, step, flush=True)
+    loop_start = time.perf_counter()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.use_gpu else contextlib.nullcontext)
 
     # --- epochs: fresh dropout draws, tokenized once; micro-batches → optimizer steps -------------
@@ -182,7 +188,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        "grad_norm": float(grad_norm), "epoch": epoch, "step": step}
             if not math.isfinite(loss_all):
                 raise FloatingPointError(f"loss is {loss_all} at step {step}")
-            log_mlflow({k: metrics[k] for k in ("loss", "tokens_per_second", "learning_rate", "grad_norm")}, step)
+            # tokens and elapsed_seconds let a benchmark compute wall-clock throughput over any step range
+            log_mlflow({**{k: metrics[k] for k in ("loss", "tokens_per_second", "learning_rate", "grad_norm")},
+                        "tokens": tokens_all, "elapsed_seconds": time.perf_counter() - loop_start}, step,
+                       flush=step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.max_steps)
 
             # --- checkpoint: rank 0 writes, every rank reports (report is a barrier) ---------------
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:

@@ -168,6 +168,21 @@ def _tuner(config: TuneConfig, setup: TrialSetup, search_dir: Path):
     return tuner, False
 
 
+def expected_trials(config: TuneConfig) -> int:
+    """How many trials the search runs: num_samples, times the grid size for grid axes.
+
+    >>> from treasure.tune.objective import ObjectiveSpec, ObjectiveTerm
+    >>> expected_trials(TuneConfig(num_samples=2, objective=ObjectiveSpec(terms=[ObjectiveTerm(metric="m", mode="max")]),
+    ...     space={"a": {"type": "grid", "values": [1, 2, 3]}, "b": {"type": "grid", "values": [1, 2]}, "c": {"type": "uniform", "low": 0, "high": 1}}))
+    12
+    """
+    n = config.num_samples
+    for d in config.space.values():
+        if isinstance(d, Grid):
+            n *= len(d.values)
+    return n
+
+
 def trial_rows(result_grid, config: TuneConfig) -> list[dict]:
     """One flat row per trial: trial id, status, sampled params, last reported metrics."""
     rows = []
@@ -271,10 +286,11 @@ def run(config: TuneConfig, *, parent_run_id: str | None = None, round_fn: str |
     )
     tuner, restored = _tuner(config, setup, search_dir)
     results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(results):
+    ended, expected = results.num_terminated + results.num_errors, expected_trials(config)
+    if ended < expected:
         # Tune saved its state on the interrupt; nothing is ranked or registered from a partial search.
-        raise SearchInterrupted(f"search {config.name} interrupted with {len(results) - results.num_terminated - results.num_errors} "
-                                f"of {len(results)} trials unfinished; run the same command again to resume from {search_dir}")
+        raise SearchInterrupted(f"search {config.name} interrupted with {ended} of {expected} trials ended; "
+                                f"run the same command again to resume from {search_dir}")
     rows = trial_rows(results, config)
     finished = [r for r in rows if not math.isnan(r["objective"])]
     i = obj.best_index(finished, config.objective) if finished else None

@@ -102,7 +102,7 @@ def rows(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2)
@@ -110,7 +110,7 @@ def main() -> dict:
     parser.add_argument("--annotate-resource", default=None, help="custom resource that pins annotation actors")
     parser.add_argument("--train-resource", default=None, help="custom resource that pins training workers")
     parser.add_argument("--storage", default=None, help="Ray Train storage path (local dir or s3://)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import ray
     import treasure

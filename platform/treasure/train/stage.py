@@ -161,6 +161,8 @@ def run(config: TrainConfig, *, parent_run_id: str | None = None) -> dict:
     if done is not None and done.get("config") == _config_key(config) and not config.force:
         return {**done["summary"], "manifest_id": done["manifest_id"]}
     _check_resources(config)
+    if done is not None:  # retraining into a committed folder: uncommit first, so no reader mixes old and new files
+        storage.delete(storage.join(config.output, storage.MANIFEST))
     taxonomy = load_taxonomy(config.taxonomy)
     ds, data_manifest = _read_dataset(config, taxonomy)
     rows = ds.take_all()

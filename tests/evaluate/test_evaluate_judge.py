@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from treasure.evaluate.judge import HttpJudge, JudgeConfig, outcome_for_first, parse_verdict, score_outcome
 
 
@@ -50,3 +52,24 @@ def test_http_judge_both_orders_and_failures(judge_server, monkeypatch):
 def test_http_judge_unreachable_is_failure():
     judge = HttpJudge(JudgeConfig(type="http", base_url="http://127.0.0.1:9/v1", max_retries=0, timeout_s=2))
     assert [j.outcome for j in judge.judge(["q"], ["a"], ["b"])] == ["failed"]
+
+
+def test_likelihood_scorer_batched_equals_one_by_one(tiny_checkpoint):
+    import torch
+
+    from treasure.evaluate.judge import LikelihoodScorer
+
+    scorer = LikelihoodScorer(JudgeConfig(type="likelihood", model=str(tiny_checkpoint), batch_size=3))
+    prompts, answers = ["Hi", "Tell me about cats, please.", "Hi"], ["Hello there!", "Cats purr.", ""]
+    batched = scorer.scores(prompts, answers)
+    assert batched[2] is None  # empty answer: no score
+    tok, model = scorer.engine.tokenizer, scorer.engine.model
+    for p, a, got in zip(prompts[:2], answers[:2], batched[:2]):
+        head = tok(scorer.engine.chat_text(p), add_special_tokens=False)["input_ids"]
+        body = tok(a, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([head + body])).logits[0].float(), dim=-1)
+        expected = sum(float(logp[len(head) - 1 + i, t]) for i, t in enumerate(body)) / len(body)
+        assert got == pytest.approx(expected, abs=1e-4)
+    js = scorer.judge(prompts, answers, ["Hello there!", "", "x"])
+    assert [j.outcome for j in js] == ["tie", "win", "loss"]  # same answer ties; empty loses

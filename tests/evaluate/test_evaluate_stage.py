@@ -12,22 +12,16 @@ from treasure.evaluate.config import EvaluateConfig
 from treasure.evaluate.generation import generate_local, generate_rows
 
 
-def test_ray_generation_matches_local(ray_local, tiny_checkpoint, taxonomy):
-    rows = [{"request_id": f"r{i}", "model": "m", "user_turn": f"Question {i}?", "extra": i} for i in range(5)]
-    cfg = EngineConfig(model=str(tiny_checkpoint), batch_size=2)
-    params = SamplingParams(max_tokens=6)
-    via_ray = generate_rows(rows, {"m": cfg}, {"m": True}, params, taxonomy, batch_size=2)
-    local = generate_local(rows, cfg, params, taxonomy, marked=True)
-    assert [r["request_id"] for r in via_ray] == [f"r{i}" for i in range(5)]
-    assert [r["extra"] for r in via_ray] == list(range(5))  # caller columns come back untouched
-    assert [r["raw"] for r in via_ray] == [r["raw"] for r in local]
-    for r in via_ray:
-        assert "<TEMPLATE>" not in r["answer"] and "</TEMPLATE>" not in r["answer"]
+def test_generate_rows_rejects_bad_requests(tiny_checkpoint, taxonomy):
+    cfg = EngineConfig(model=str(tiny_checkpoint))
+    rows = [{"request_id": "r", "model": "m", "user_turn": "Hi"}]
     with pytest.raises(ValueError, match="unique"):
-        generate_rows(rows + rows[:1], {"m": cfg}, {"m": True}, params, taxonomy)
+        generate_rows(rows + rows, {"m": cfg}, {"m": True}, SamplingParams(), taxonomy)
+    with pytest.raises(ValueError, match="without an engine"):
+        generate_rows(rows, {"other": cfg}, {"other": True}, SamplingParams(), taxonomy)
 
 
-def test_stage_end_to_end(ray_local, tiny_checkpoint, annotated_uri, judge_server, tmp_path, monkeypatch):
+def test_stage_end_to_end(ray_local, tiny_checkpoint, taxonomy, annotated_uri, judge_server, tmp_path, monkeypatch):
     import mlflow
 
     from treasure.evaluate.stage import run
@@ -58,6 +52,16 @@ def test_stage_end_to_end(ray_local, tiny_checkpoint, annotated_uri, judge_serve
     assert run_data.data.tags["stage"] == "evaluate"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["mlflow_run_id"], "evaluation")}
     assert "evaluation/report.md" in arts
+    # Generation went through Ray Data; in-process generation gives the same text for the same requests.
+    import pyarrow.parquet as pq
+
+    gens = pq.read_table(storage.join(out, "data/generations.parquet")).to_pylist()
+    assert len(gens) == m["generations"]
+    sample = [g for g in gens if g["model"] == "marked"][:3]
+    local = generate_local([{"request_id": g["request_id"], "user_turn": g["user_turn"]} for g in sample],
+                           EngineConfig(model=str(tiny_checkpoint), batch_size=8), SamplingParams(max_tokens=6), taxonomy, marked=True)
+    assert [g["raw"] for g in sample] == [r["raw"] for r in local]
+    assert all("<TEMPLATE>" not in g["answer"] for g in gens)
     # Idempotent: same config → the committed summary, no new MLflow run.
     again = run(cfg)
     assert again["manifest_id"] == summary["manifest_id"] and again["mlflow_run_id"] == summary["mlflow_run_id"]

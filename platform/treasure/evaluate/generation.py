@@ -89,7 +89,7 @@ def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: di
         EngineActor,
         fn_constructor_kwargs={"engines": {k: c.model_dump() for k, c in engines.items()}, "marked": marked,
                                "params": params.model_dump(), "taxonomy": taxonomy},
-        batch_size=batch_size, batch_format="numpy", concurrency=num_actors,
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None,
     )
     got = {r["request_id"]: {k: _plain(v) for k, v in r.items()} for r in ds.take_all()}

@@ -198,25 +198,35 @@ class LikelihoodScorer:
         self.cache: dict[tuple[str, str], float] = {}
 
     def scores(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float | None]:
+        """Mean log-probability per answer token given the prompt (None for an empty answer)."""
+        keys = [(p[: self.config.max_answer_chars], a[: self.config.max_answer_chars]) for p, a in zip(prompts, answers)]
+        todo = list(dict.fromkeys(k for k in keys if k[1].strip() and k not in self.cache))
+        bs = self.config.batch_size
+        for i in range(0, len(todo), bs):
+            for key, score in zip(todo[i: i + bs], self._score_batch(todo[i: i + bs])):
+                self.cache[key] = score  # the baseline's answer meets several candidates
+        return [self.cache[k] if k[1].strip() else None for k in keys]
+
+    def _score_batch(self, pairs: list[tuple[str, str]]) -> list[float]:
         import torch
 
         tok, model = self.engine.tokenizer, self.engine.model
-        out: list[float | None] = []
-        for p, a in zip(prompts, answers):
-            if not a.strip():
-                out.append(None)
-                continue
-            if (p, a) in self.cache:  # the baseline's answer meets several candidates
-                out.append(self.cache[(p, a)])
-                continue
-            head = tok(self.engine.chat_text(p), add_special_tokens=False)["input_ids"]
-            body = tok(a[: self.config.max_answer_chars], add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([head + body])
-            with torch.no_grad():
-                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-            picked = logp[len(head) - 1:, :].gather(1, ids[0, len(head):, None])  # (len(body), 1)
+        heads = [tok(self.engine.chat_text(p), add_special_tokens=False)["input_ids"] for p, _ in pairs]
+        bodies = [tok(a, add_special_tokens=False)["input_ids"] for _, a in pairs]
+        width = max(len(h) + len(b) for h, b in zip(heads, bodies))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(pairs), width), pad)  # (B, T), right-padded
+        mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        for row, (h, b) in enumerate(zip(heads, bodies)):
+            ids[row, : len(h) + len(b)] = torch.tensor(h + b)
+            mask[row, : len(h) + len(b)] = 1
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
+        out = []
+        for row, (h, b) in enumerate(zip(heads, bodies)):
+            # token t is predicted at position t - 1
+            picked = logp[row, len(h) - 1: len(h) + len(b) - 1].gather(1, ids[row, len(h): len(h) + len(b), None])
             out.append(float(picked.mean()))
-            self.cache[(p, a)] = out[-1]
         return out
 
     def judge(self, prompts, answers_a, answers_b) -> list[Judgement]:

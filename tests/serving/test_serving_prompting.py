@@ -141,3 +141,20 @@ def test_sse_round_trip():
     got = parse_events(body)
     assert got[0] == {"text": "a\nb"} and got[1]["choices"][0]["delta"] == {"content": "x"}
     assert got[1]["markers"] == {"a": "b"} and got[2] == "[DONE]"
+
+
+def test_batch_wait_only_when_other_clients_are_around():
+    from treasure.serving.batching import ConcurrencyTracker
+
+    now = [0.0]
+    t = ConcurrencyTracker(window_s=2.0, clock=lambda: now[0])
+    t.enter()
+    assert t.batch_wait(0.02) == 0.0  # a lone client never waits
+    t.exit()
+    t.enter(); t.enter()
+    assert t.batch_wait(0.02) == 0.02
+    t.exit(); t.exit()
+    now[0] = 1.0
+    assert t.batch_wait(0.02) == 0.02  # clients were around a moment ago: they will be back
+    now[0] = 3.5
+    assert t.batch_wait(0.02) == 0.0 and t.in_flight == 0

@@ -67,6 +67,8 @@ class EngineHealth:
     error: str | None = None
     since: float | None = None
     probes: int = 0
+    batches: int = 0  # engine.generate calls made for batches (one per sampling-params group)
+    batched_requests: int = 0  # requests those calls carried: batched_requests / batches = mean batch size
 
 
 class ModelServer:
@@ -125,6 +127,8 @@ class ModelServer:
         try:
             for idx in groups.values():
                 gens = self.engine.generate([items[i].user_turn for i in idx], items[idx[0]].params)
+                self.health.batches += 1
+                self.health.batched_requests += len(idx)
                 for i, g in zip(idx, gens):
                     out[i] = g
         except Exception as e:  # an engine failure, not a request problem: the health check will probe
@@ -187,6 +191,12 @@ class ModelServer:
                             "allowed": allowed_values(self.taxonomy)[c.name]} for c in self.taxonomy.categories],
             "model": self.model_name, "markers_trained": bool(self.meta.get("markers", False)),
         }
+
+    def stats(self) -> dict[str, Any]:
+        h = self.health
+        return {"batches": h.batches, "batched_requests": h.batched_requests,
+                "mean_batch_size": round(h.batched_requests / h.batches, 2) if h.batches else None,
+                "engine_error": h.error, "health_probes": h.probes}
 
     def check_health(self) -> None:
         """Raise when the engine is broken. A recorded engine failure triggers a tiny probe generation;

@@ -72,12 +72,16 @@ EOF
   echo "$DIR/env"
 }
 
+group_alive() {  # PGID -> 0 while a live (non-zombie) process is in the group
+  ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {found = 1} END {exit !found}'
+}
+
 stop() {
   [ -f "$DIR/pids" ] || { echo "dev_stack: nothing started in $DIR"; return 0; }
   while read -r name pid; do
     kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 1 20); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do group_alive "$pid" || break; sleep 0.25; done
+    group_alive "$pid" && kill -KILL -- "-$pid" 2>/dev/null || true
     echo "dev_stack: stopped $name (process group $pid)"
   done < "$DIR/pids"
   rm -f "$DIR/pids"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 
 from conftest import BIN, REPO, ray_env
@@ -26,9 +27,15 @@ def test_job_submit_ships_package_and_logs_progress(ray_head):
     job_id = f"infra-ci-{uuid.uuid4().hex[:8]}"
     renv = runtime_env_for_job(REPO, env={})
     renv.pop("working_dir")  # given as --working-dir, exactly as a user types it
-    submit = ray_cli("job", "submit", "--address", ray_head["address"], "--submission-id", job_id,
-                     "--working-dir", ".", "--runtime-env-json", json.dumps(renv), "--",
-                     "python", "tests/infra/infra_ci_workload.py", "--rows", "32", "--steps", "2", timeout=420)
+    deadline = time.time() + 120
+    while True:
+        submit = ray_cli("job", "submit", "--address", ray_head["address"], "--submission-id", job_id,
+                         "--working-dir", ".", "--runtime-env-json", json.dumps(renv), "--",
+                         "python", "tests/infra/infra_ci_workload.py", "--rows", "32", "--steps", "2", timeout=420)
+        # The head's job agent registers a little after the dashboard answers; Ray says to retry.
+        if "No available agent to submit job" not in submit.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
 
     status = ray_cli("job", "status", "--address", ray_head["address"], job_id, timeout=60)

@@ -100,6 +100,9 @@ class ResourcesSpec(StrictModel):
 
     trial_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved by the trial process (it trains in-process when train.num_workers allows; see docs/tuning.md).")
     trial_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved by the trial process (a GPU group per trial on a cluster).")
+    trial_memory_mb: int = Field(
+        512, ge=1, description="Memory (MiB) Ray reserves for the trial process; also what lets a 0-CPU trial be a valid Ray resource request."
+    )
     max_concurrent_trials: int = Field(1, ge=1, description="Trials running at once; on 2 cores keep 1.")
     reserve_cpus: float = Field(
         0.0, ge=0.0, description="CPUs left free for Ray Data tasks and train workers outside the trial; the search fails fast if the cluster cannot hold the trials plus this."

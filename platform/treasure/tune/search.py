@@ -137,7 +137,8 @@ def _trainable(config: TuneConfig, setup: TrialSetup):
     from ray import tune
 
     res = config.resources
-    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": res.trial_cpus, "gpu": res.trial_gpus})
+    resources = {"cpu": res.trial_cpus, "gpu": res.trial_gpus, "memory": res.trial_memory_mb * 1024 * 1024}
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
 
 
 def _tuner(config: TuneConfig, setup: TrialSetup, search_dir: Path):

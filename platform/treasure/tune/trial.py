@@ -94,27 +94,58 @@ def resolve_round_fn(path: str | Callable) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def _start_mlflow(setup: TrialSetup, trial_id: str, params: dict, run_id: str | None):
-    """The trial's MLflow run: resumed by id after a restore, else new under the parent run."""
-    import mlflow
+def _trial_run(setup: TrialSetup, trial_id: str, params: dict, run_id: str | None) -> str:
+    """The trial's MLflow run id: the saved one after a restore, else a new run under the search's run.
+
+    Only the client API is used: the train and evaluate stages open their own (fluent) runs in this
+    process, nested under this one by id, and MLflow allows one active fluent run per thread.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
 
     from treasure import tracking
 
-    mlflow.set_tracking_uri(setup.tracking_uri)
+    client = MlflowClient(setup.tracking_uri)
     if run_id is not None:
-        return mlflow.start_run(run_id=run_id)
-    exp_id = tracking.experiment_id(setup.experiment)
-    tags = {"tune.trial_id": trial_id}
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = {"tune.trial_id": trial_id, "mlflow.runName": trial_dir_name(trial_id)}
     if setup.parent_run_id:
         tags["mlflow.parentRunId"] = setup.parent_run_id
-    active = mlflow.start_run(experiment_id=exp_id, run_name=trial_dir_name(trial_id), tags=tags)
-    mlflow.log_params({k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()})
-    return active
+    run = client.create_run(tracking.experiment_id(setup.experiment), run_name=trial_dir_name(trial_id), tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()])
+    return run.info.run_id
+
+
+def _round_task(setup: TrialSetup, params: dict, r: int, state: dict) -> tuple[dict, dict]:
+    os.chdir(setup.cwd)
+    os.environ.update({"MLFLOW_TRACKING_URI": setup.tracking_uri, "MLFLOW_ARTIFACT_ROOT": setup.artifact_root, **setup.env})
+    return resolve_round_fn(setup.round_fn)(setup, params, r, state)
+
+
+def run_round(setup: TrialSetup, params: dict, r: int, state: dict) -> tuple[dict, dict]:
+    """Run round r in its own Ray task, outside the trial's placement group.
+
+    Tune places a trial in a placement group that captures its child tasks, so the stages' Ray Data
+    tasks and actors would have to fit the trial's own small reservation (and wait forever when they
+    do not). The round task escapes it (placement_group=None): the train workers, Data tasks and
+    evaluation actors then ask the cluster for their own resources, as when a stage runs alone. The
+    task holds no CPU itself; when Tune stops the trial, Ray ends the task and what it started.
+    """
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(_round_task)
+    ref = task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None)).remote(setup, params, r, state)
+    return ray.get(ref)
 
 
 def run_trial(params: dict, setup: TrialSetup) -> None:
     """Tune function trainable (bound with ``tune.with_parameters(run_trial, setup=...)``)."""
-    import mlflow
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
     from ray import tune
 
     os.chdir(setup.cwd)  # Tune starts trials in their own folder; configs hold repo-relative paths
@@ -126,23 +157,26 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = json.loads((Path(d) / STATE_FILE).read_text())
-    round_fn = resolve_round_fn(setup.round_fn)
-    active = _start_mlflow(setup, trial_id, params, state["mlflow_run_id"])
-    state["mlflow_run_id"] = active.info.run_id
+    client = MlflowClient(setup.tracking_uri)
+    run_id = state["mlflow_run_id"] = _trial_run(setup, trial_id, params, state["mlflow_run_id"])
+    if state["round"] == setup.rounds:  # restored after its last report: nothing left to run
+        client.set_terminated(run_id, "FINISHED")
     for r in range(state["round"] + 1, setup.rounds + 1):
-        metrics, state = round_fn(setup, params, r, state)
+        metrics, state = run_round(setup, params, r, state)
         report = build_report(metrics, setup.objective, r, setup.rounds)
-        mlflow.log_metrics({k: v for k, v in report.items() if not math.isnan(v)}, step=r)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, r) for k, v in report.items() if not math.isnan(v)])
         state["round"] = r
         if r == setup.rounds:
             # Tune stops the trial as soon as its last report arrives: close the MLflow run first.
-            mlflow.set_tags({"tune.finished": "true", **({"tune.model": state["outputs"]["model"]} if state["outputs"].get("model") else {})})
-            mlflow.end_run()
+            client.set_tag(run_id, "tune.finished", "true")
+            if state["outputs"].get("model"):
+                client.set_tag(run_id, "tune.model", state["outputs"]["model"])
+            client.set_terminated(run_id, "FINISHED")
         with tempfile.TemporaryDirectory(prefix="treasure-tune-state-") as tmp:
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
-    if mlflow.active_run() is not None:  # a restored trial whose last round had already been reported
-        mlflow.end_run()
+
 
 def round_train_dict(setup: TrialSetup, params: dict, r: int, state: dict) -> dict:
     """The validated train-config dict of round r for this trial."""

@@ -30,10 +30,9 @@ class ZipfScorer:
     def __init__(self, model: str = "smollm2", max_tokens: int = 128):
         from transformers import AutoTokenizer
 
-        from treasure.annotate.tagger_engines import converted_smollm2
+        from treasure.packaged import load_smollm2_tokenizer
 
-        folder = converted_smollm2() if model == "smollm2" else model
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = load_smollm2_tokenizer() if model == "smollm2" else AutoTokenizer.from_pretrained(model)
         self.model_name = f"zipf-rank({'SmolLM2-135M-Instruct tokenizer' if model == 'smollm2' else model})"
         self.max_tokens = max_tokens
 

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from treasure import storage
 from treasure.annotate.config import AnnotateConfig
 from treasure.annotate.publish import publish
+from treasure.annotate.workers import is_missing
 from treasure.taxonomy import load_taxonomy
 
 log = logging.getLogger("treasure.annotate")
@@ -66,22 +67,26 @@ def _write_table(uri: str, df: pd.DataFrame) -> None:
     storage.write_bytes(uri, sink.getvalue().to_pybytes())
 
 
-def error_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The errors-table rows of a batch: id, stage, reason, raw (row JSON, 2,000 characters at most)."""
-    bad = df[df["_error"].notna()]
-    raw = [json.dumps({k: (v if isinstance(v, (str, int, float)) or v is None else repr(v)) for k, v in r.items()},
-                      ensure_ascii=False)[:2000] for r in bad[["id", "source", "prompt", "response", "metadata"]].to_dict("records")]
-    return pd.DataFrame({"id": bad["id"].astype(object), "stage": bad["_error_stage"], "reason": bad["_error"], "raw": raw}, columns=ERROR_COLUMNS)
+def error_rows(rows: list[dict]) -> pd.DataFrame:
+    """The errors-table rows: id, stage, reason, raw (row JSON, 2,000 characters at most)."""
+    keep = ("id", "source", "prompt", "response", "metadata")
+    out = [{"id": r["id"] if isinstance(r["id"], str) else None, "stage": r["_error_stage"], "reason": r["_error"],
+            "raw": json.dumps({k: r[k] if isinstance(r[k], str) or r[k] is None else repr(r[k]) for k in keep}, ensure_ascii=False)[:2000]}
+           for r in rows if r["_error"] is not None]
+    return pd.DataFrame(out, columns=ERROR_COLUMNS).astype(object)
 
 
 def write_shard(cfg: AnnotateConfig, shard: str, df: pd.DataFrame) -> dict:
     """Data + errors files of one shard, then done.json (last, so a crash never marks a half shard)."""
     base = shard_dir(cfg, shard)
-    good = df[df["_error"].isna()].drop(columns=["_error", "_error_stage", "_shard"])
-    errs = error_rows(df)
-    _write_table(storage.join(base, "data.parquet"), good)
+    # Plain records: Ray's pandas batches may carry Arrow-backed columns that boolean masks trip on.
+    rows = [{k: (None if is_missing(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
+    good = [{k: v for k, v in r.items() if k not in ("_error", "_error_stage", "_shard")} for r in rows if r["_error"] is None]
+    errs = error_rows(rows)
+    columns = [c for c in df.columns if c not in ("_error", "_error_stage", "_shard")]
+    _write_table(storage.join(base, "data.parquet"), pd.DataFrame(good, columns=columns).astype(object))
     _write_table(storage.join(base, "errors.parquet"), errs)
-    done = {"shard": shard, "rows": len(good), "error_rows": len(errs), "input_rows": len(df)}
+    done = {"shard": shard, "rows": len(good), "error_rows": len(errs), "input_rows": len(rows)}
     storage.write_bytes(storage.join(base, "done.json"), json.dumps(done).encode())
     return done
 

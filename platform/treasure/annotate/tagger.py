@@ -107,21 +107,27 @@ def parse_answer(raw: str, labels: list[str] | tuple[str, ...]) -> tuple[str | N
     """(label, on_list): the allowed label the raw answer names, else (None, False).
 
     Accepted: the label alone (any case, surrounding punctuation/quotes, an 'Answer:' lead), or
-    a first line that starts with exactly one label. An explicit "Unspecified" returns
-    (None, True): on the list, but no class.
+    a first line naming exactly one label ("Code, because ..."). A line naming several labels
+    is off the list. An explicit "Unspecified" returns (None, True): on the list, but no class.
+
+    >>> parse_answer("Sciences, Technology, SocialSciences", ["Sciences", "Technology"])
+    (None, False)
     """
     line = next((ln for ln in raw.strip().splitlines() if ln.strip()), "")
     line = re.sub(r"^\s*(answer|class|label)\s*[:：]\s*", "", line, flags=re.I)
-    key = _key(line)
     by_key = {_key(lab): lab for lab in labels}
     by_key.setdefault(_key(UNSPECIFIED), UNSPECIFIED)
+    key = _key(line)
+    named = {by_key[k] for k in (_key(w) for w in re.split(r"[\s,;/|]+", line)) if k in by_key}
     if key in by_key:
         hit = by_key[key]
-        return (None, True) if hit == UNSPECIFIED and UNSPECIFIED not in labels else (hit, True)
-    first = _key(line.split()[0]) if line.split() else ""
-    if first in by_key and by_key[first] != UNSPECIFIED:
-        return by_key[first], True
-    return None, False
+    elif len(named) == 1:
+        hit = named.pop()
+    else:
+        return None, False
+    if hit == UNSPECIFIED:
+        return (UNSPECIFIED if UNSPECIFIED in labels else None), True
+    return hit, True
 
 
 def outcome(category: str, labels: tuple[str, ...], raw: str, confidence: float | None, min_confidence: float) -> tuple[str | None, str | None]:
@@ -134,7 +140,7 @@ def outcome(category: str, labels: tuple[str, ...], raw: str, confidence: float 
     note = None
     if not on_list:
         note = "unspecified: answer not in the class list"
-    elif label is None:
+    elif label is None or label == UNSPECIFIED:
         note = "unspecified: model answered Unspecified"
     elif confidence is not None and confidence < min_confidence:
         label, note = None, f"unspecified: confidence below {min_confidence}"

@@ -22,6 +22,17 @@ from treasure.taxonomy import load_taxonomy
 INPUT_COLUMNS = ["id", "prompt", "response", "source", "language", "metadata"]
 
 
+def is_missing(v) -> bool:
+    """None, NaN or pd.NA: Ray's Arrow round trips turn a null into any of them."""
+    return v is None or (not isinstance(v, (str, bytes, list, dict)) and bool(pd.isna(v)))
+
+
+def error_state(batch: pd.DataFrame) -> tuple[list, list]:
+    """(errors, stages) of a batch as plain lists with None for 'no error'."""
+    return ([None if is_missing(e) else e for e in batch["_error"]],
+            [None if is_missing(e) else e for e in batch["_error_stage"]])
+
+
 def read_rows(file_uri: str, start: int, stop: int) -> list[dict]:
     """Rows [start, stop) of one input Parquet file, as dicts (missing columns read as None)."""
     fs, path = storage.filesystem(file_uri)
@@ -73,9 +84,9 @@ class Tagger:
 
         t = self.cfg.tagger
         cands = list(batch["_cands"])
-        errors, stages = list(batch["_error"]), list(batch["_error_stage"])
+        errors, stages = error_state(batch)
         for i, row in enumerate(batch.to_dict("records")):
-            todo = json.loads(row["_to_tag"])
+            todo = json.loads(row["_to_tag"]) if isinstance(row["_to_tag"], str) else []
             if errors[i] is not None or not todo:
                 continue
             start, added = time.monotonic(), []
@@ -109,7 +120,7 @@ class Finisher:
         self.scorer = load_scorer(q.engine, q.model, q.max_tokens) if q.enabled else None
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        errors, stages = list(batch["_error"]), list(batch["_error_stage"])
+        errors, stages = error_state(batch)
         ok = [i for i, e in enumerate(errors) if e is None]
         scores: dict[int, float] = {}
         if self.scorer is not None and ok:

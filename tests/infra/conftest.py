@@ -7,6 +7,7 @@ here runs in its own process group (and its own Ray temp dir) and is ended by th
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -102,7 +103,9 @@ def start_head(temp_dir: str) -> tuple[subprocess.Popen, int, int]:
     port, dash = free_port(), free_port()
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-           "--dashboard-port", str(dash), "--temp-dir", temp_dir, "--disable-usage-stats"]
+           "--dashboard-port", str(dash), "--temp-dir", temp_dir, "--disable-usage-stats",
+           # Fixed by default (52365, 10001): another Ray on this machine may hold them already.
+           "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())]
     log = Path(temp_dir) / "ray_start.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -137,3 +140,4 @@ def ray_head():
             end_group(proc)
             for pid in pids_mentioning(temp_dir):  # anything that left the group
                 os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(temp_dir, ignore_errors=True)

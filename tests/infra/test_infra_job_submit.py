@@ -31,7 +31,8 @@ def test_job_submit_ships_package_and_logs_progress(ray_head):
     while True:
         submit = ray_cli("job", "submit", "--address", ray_head["address"], "--submission-id", job_id,
                          "--working-dir", ".", "--runtime-env-json", json.dumps(renv), "--",
-                         "python", "tests/infra/infra_ci_workload.py", "--rows", "32", "--steps", "2", timeout=420)
+                         "python", "tests/infra/infra_ci_workload.py", "--rows", "32", "--steps", "2",
+                         "--storage", f"{ray_head['temp_dir']}/train", timeout=420)
         # The head's job agent registers a little after the dashboard answers; Ray says to retry.
         if "No available agent to submit job" not in submit.stderr or time.time() > deadline:
             break
@@ -39,7 +40,7 @@ def test_job_submit_ships_package_and_logs_progress(ray_head):
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
 
     status = ray_cli("job", "status", "--address", ray_head["address"], job_id, timeout=60)
-    assert "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout + status.stderr
     logs = ray_cli("job", "logs", "--address", ray_head["address"], job_id, timeout=60).stdout
     assert "progress: annotated 32 rows" in logs
     assert "progress: train step 2/2" in logs

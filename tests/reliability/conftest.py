@@ -1,0 +1,45 @@
+"""Reliability fixtures: reuse the other areas' fixtures (annotate data + MLflow + moto, Serve app),
+and collect each scenario's record for run.py (TREASURE_RELIABILITY_RECORDS names a JSONL file)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+annotate_fixtures = _load("reliability_annotate_fixtures", TESTS / "annotate" / "conftest.py")
+serving_fixtures = _load("reliability_serving_fixtures", TESTS / "serving" / "conftest.py")
+annotate_mlflow = annotate_fixtures.annotate_mlflow
+serve_http = serving_fixtures.serve_http
+serve_app = serving_fixtures.serve_app
+
+
+@pytest.fixture
+def check_record():
+    """Assert a scenario record (lost == 0, not hung) after writing it where run.py collects it."""
+
+    def check(rec: dict) -> dict:
+        target = os.environ.get("TREASURE_RELIABILITY_RECORDS")
+        if target:
+            with open(target, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        print(json.dumps(rec))
+        assert not rec["hung"], rec
+        assert rec["lost"] == 0, rec
+        return rec
+
+    return check

@@ -1,0 +1,260 @@
+"""Reliability scenarios (issue 9): each runs a real component, injects one fault, and returns a record
+
+    {"scenario", "injected", "expected", "happened", "lost", "hung", "seconds"}
+
+`lost` counts input rows or requests that ended up nowhere (neither in an output nor with a clean,
+recorded error); `hung` says a bound was hit. The tests (test_reliability*.py) assert lost == 0 and
+not hung; `run.py` prints the records as a table and writes docs/reliability.md.
+
+Helpers here are plain functions over explicit arguments (URIs, URLs, the Ray module), so the
+pytest fixtures of other areas (moto server, MLflow store, Serve app) supply the real components.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record(scenario: str, injected: str, expected: str, happened: str, lost: int, hung: bool, t0: float) -> dict:
+    return {"scenario": scenario, "injected": injected, "expected": expected, "happened": happened,
+            "lost": int(lost), "hung": bool(hung), "seconds": round(time.monotonic() - t0, 1)}
+
+
+def wait_for(predicate, timeout: float, every: float = 0.2, alive=None) -> bool:
+    """Poll `predicate` until true (True) or `timeout` seconds pass or `alive()` turns false (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if alive is not None and not alive():
+            return bool(predicate())
+        time.sleep(every)
+    return False
+
+
+def alive_actor_pids(ray, name_part: str) -> list[int]:
+    """PIDs of this session's live actors whose class name contains `name_part`."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], detail=True)
+    return [a.pid for a in actors if name_part in (a.class_name or "") and a.pid]
+
+
+# --- annotate: exactly once ---------------------------------------------------------------------
+
+def annotated_ids(uri: str) -> tuple[list[str], list[str]]:
+    """(ids in the committed data parts, ids in the committed errors table) of an annotate output."""
+    import pyarrow.parquet as pq
+
+    from treasure import storage
+
+    manifest = storage.read_manifest(uri)
+    data, errors = [], []
+    for entry in manifest["files"]:
+        if entry["path"].startswith(("data/", "errors/")) and entry["path"].endswith(".parquet"):
+            ids = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(uri, entry["path"])))).column("id").to_pylist()
+            (data if entry["path"].startswith("data/") else errors).extend(ids)
+    return data, errors
+
+
+def exactly_once(input_ids: list[str], uri: str) -> tuple[int, int, str]:
+    """(lost, duplicated, summary) of an annotate output against its input ids."""
+    data, errors = annotated_ids(uri)
+    out = data + errors
+    lost = len(set(input_ids) - set(out))
+    dup = len(out) - len(set(out))
+    return lost, dup, f"{len(data)} rows + {len(errors)} error rows for {len(input_ids)} inputs, {dup} duplicated"
+
+
+def done_shards(output: str) -> int:
+    from treasure import storage
+
+    return sum(f.endswith("/done.json") for f in storage.list_files(storage.join(output, "_staging")))
+
+
+def annotate_tagger_killed(ray, cfg, input_ids: list[str]) -> dict:
+    """SIGKILL the LLM tagger actor after the first shard is written; the run must still account for every row."""
+    from treasure import storage
+    from treasure.annotate.stage import run
+
+    t0 = time.monotonic()
+    result: dict = {}
+    box: list = []
+
+    def target():
+        try:
+            result.update(run(cfg))
+        except BaseException as e:  # reported in the record
+            box.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    killed = []
+    if wait_for(lambda: done_shards(cfg.output) >= 1 and alive_actor_pids(ray, "Tagger"), 600, alive=thread.is_alive):
+        for pid in alive_actor_pids(ray, "Tagger")[:1]:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    thread.join(timeout=900)
+    hung = thread.is_alive()
+    injected = f"SIGKILL tagger actor pid {killed} after the first shard" if killed else "no tagger actor found alive (not injected)"
+    expected = "run completes; every input row exactly once in data or errors"
+    if hung or box or storage.read_manifest(cfg.output) is None:
+        happened = "hung" if hung else f"failed: {box[0]!r}"[:300] if box else "no committed output"
+        return record("annotate: tagger actor killed", injected, expected, happened, len(input_ids), hung, t0)
+    lost, dup, summary = exactly_once(input_ids, cfg.output)
+    tagged = result["metrics"].get("tagger_answers", "?")
+    return record("annotate: tagger actor killed", injected, expected, f"{summary}; tagger answers {tagged}",
+                  lost + dup if killed else len(input_ids), hung, t0)
+
+
+def annotate_driver_killed(ray, cfg, input_ids: list[str], env: dict) -> dict:
+    """SIGKILL the driver process after two shards; nothing is committed; a rerun finishes exactly once."""
+    from treasure import storage
+    from treasure.annotate.stage import run
+
+    t0 = time.monotonic()
+    driver = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("annotate_driver.py")), ray.get_runtime_context().gcs_address,
+         cfg.model_dump_json()],
+        cwd=REPO, env={**os.environ, **env, "PYTHONPATH": str(REPO / "platform")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        reached = wait_for(lambda: done_shards(cfg.output) >= 2, 600, alive=lambda: driver.poll() is None)
+        if driver.poll() is None:
+            driver.send_signal(signal.SIGKILL)
+        err = driver.communicate(timeout=60)[1]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    before = done_shards(cfg.output)
+    committed_after_kill = storage.read_manifest(cfg.output) is not None
+    expected = "no committed output after the kill; the rerun skips finished shards; every row exactly once"
+    if not reached:
+        return record("annotate: driver killed, rerun", "driver ended before 2 shards (not injected)", expected,
+                      f"driver rc {driver.returncode}: {err[-300:]}", len(input_ids), False, t0)
+    injected = f"SIGKILL driver after {before} shards written"
+    summary = run(cfg)
+    lost, dup, text = exactly_once(input_ids, cfg.output)
+    m = summary["metrics"]
+    happened = (f"committed after kill: {committed_after_kill}; rerun skipped {m['shards_skipped']}/{m['shards']} shards; {text}")
+    bad = lost + dup + (len(input_ids) if committed_after_kill else 0)
+    return record("annotate: driver killed, rerun", injected, expected, happened, bad, False, t0)
+
+
+# --- storage: the S3 endpoint goes away mid-write --------------------------------------------------
+
+def s3_endpoint_gone(cfg, input_ids: list[str], stop_server, start_server) -> dict:
+    """Stop the S3 server after the first shard lands in staging; no manifest may be committed; a rerun
+    after the endpoint is back publishes every row exactly once."""
+    from treasure import storage
+    from treasure.annotate.stage import run
+
+    t0 = time.monotonic()
+    box: list = []
+    thread = threading.Thread(target=lambda: _capture(box, run, cfg), daemon=True)
+    thread.start()
+    injected = "endpoint never reached staging (not injected)"
+    if wait_for(lambda: _safe(lambda: done_shards(cfg.output) >= 1), 600, alive=thread.is_alive):
+        stop_server()
+        injected = "S3 server stopped after the first staged shard"
+    thread.join(timeout=600)
+    hung = thread.is_alive()
+    first = "hung" if hung else (f"first run failed: {type(box[0]).__name__}" if box and isinstance(box[0], BaseException)
+                                 else "first run finished")
+    start_server()
+    committed = storage.read_manifest(cfg.output)
+    partial_committed = committed is not None and bool(box and isinstance(box[0], BaseException))
+    try:
+        run(cfg)
+        lost, dup, text = exactly_once(input_ids, cfg.output)
+    except Exception as e:
+        lost, dup, text = len(input_ids), 0, f"rerun failed: {e!r}"[:300]
+    happened = f"{first}; manifest visible after the failure: {partial_committed}; rerun: {text}"
+    return record("storage: S3 endpoint gone mid-write", injected,
+                  "failed run commits nothing; rerun publishes every row exactly once", happened,
+                  lost + dup + (len(input_ids) if partial_committed else 0), hung, t0)
+
+
+def _capture(box: list, fn, *args):
+    try:
+        box.append(fn(*args))
+    except BaseException as e:
+        box.append(e)
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception:
+        return False
+
+
+# --- bad data: a user corpus file full of broken records -------------------------------------------
+
+GIANT = 2**20  # characters in each giant field
+
+
+def bad_corpus_lines() -> list[bytes]:
+    """One JSONL line per kind of bad record (and two good ones); see the comments."""
+    giant = "word " * (GIANT // 5)
+    return [
+        b'{"q": "What is 2+2?", "a": "4"}',
+        b'{"q": "Name a color", "a": ',                                   # truncated JSON
+        b'{"q": 5, "a": "five"}',                                         # wrong type
+        b'{"q": ["a", "list"], "a": {"nested": true}}',                    # wrong types, nested
+        b'{"q": "Say nothing", "a": ""}',                                 # empty field
+        b'{"q": "   ", "a": "blank prompt"}',                             # whitespace-only field
+        b'{"q": null, "a": "null prompt"}',                               # null field
+        json.dumps({"q": giant, "a": "giant prompt"}).encode(),           # giant field
+        json.dumps({"q": "giant answer", "a": giant}).encode(),           # giant field
+        b'{"q": "bad bytes \xff\xfe here", "a": "x"}',                    # invalid UTF-8
+        b'{"q": "What is 2+2?", "a": "4"}',                               # duplicate id
+        b'[1, 2, 3]',                                                     # not an object
+        b'{"q": "\xc3", "a": "truncated multibyte"}',                     # invalid UTF-8 (cut sequence)
+        b'\x00\x01\x02',                                                  # binary garbage
+        b'{"q": "Capital of Italy?", "a": "Rome"}',
+    ]
+
+
+def bad_data_corpus(tmp: Path) -> dict:
+    """Normalize a user file of broken records: every record a row, an error with a reason, or a duplicate."""
+    import pyarrow.parquet as pq
+
+    from treasure import storage
+    from treasure.corpus.config import NormalizeConfig
+    from treasure.corpus.stage import run
+
+    t0 = time.monotonic()
+    lines = bad_corpus_lines()
+    (tmp / "in").mkdir(parents=True, exist_ok=True)
+    (tmp / "in" / "bad.jsonl").write_bytes(b"\n".join(lines))
+    out = str(tmp / "normalized")
+    cfg = NormalizeConfig.model_validate({
+        "input": str(tmp / "in"), "output": out, "seed": 0, "experiment": "reliability",
+        "sources": {"user": {"type": "file", "path": "bad.jsonl", "prompt": ["q"], "response": "a", "language": "English"}}})
+    run(cfg)
+    manifest = storage.read_manifest(out)
+    rows = pq.read_table(storage.join(out, "data")).to_pylist()
+    errors = pq.read_table(storage.join(out, "errors")).to_pylist()
+    dups = manifest["duplicates_per_source"]["user"]
+    no_reason = [e["record"] for e in errors if not (e.get("reason") or "").strip()]
+    biggest_raw = max((len(e.get("raw") or "") for e in errors), default=0)
+    giant_rows = sum(len(r["prompt"]) + len(r["response"]) > GIANT for r in rows)
+    accounted = len(rows) + len(errors) + dups
+    reasons = sorted({e["reason"].split(":")[0] for e in errors})
+    happened = (f"{len(lines)} records → {len(rows)} rows ({giant_rows} with a {GIANT // 2**20} MiB field) + {len(errors)} errors "
+                f"+ {dups} duplicate; reasons {reasons}; {len(no_reason)} errors without reason; largest raw kept {biggest_raw} chars")
+    return record("bad data: broken corpus file", "truncated JSON, wrong types, empty/null/giant fields, invalid UTF-8, "
+                  "duplicate, non-object, binary", "every record a row, an error with a reason, or a counted duplicate",
+                  happened, abs(len(lines) - accounted) + len(no_reason), False, t0)

@@ -1,0 +1,303 @@
+"""Reliability scenarios of the Serve app (issue 9): marker injection, auth, overload, replica kill.
+
+Same record shape as scenarios.py. The injection oracle is independent of the product's
+neutralizer: it folds the model input character by character (NFKC, format characters dropped,
+casefold) and looks for anything that reads as a marker tag; the only tags allowed are those of the
+one block rendered from the validated requested markers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import random
+import re
+import time
+import unicodedata
+
+import httpx
+
+from scenarios import record
+
+LOOKALIKE_LT = ["<", "\uff1c", "\ufe64", "\u2039", "\u3008", "\u276e", "\u02c2", "&lt;"]
+LOOKALIKE_SLASH = ["/", "\uff0f", "\u2215", "\u2044"]
+INVISIBLE = ["", "\u200b", "\u200d", "\u2060", "\ufeff", " ", "\t", "\n"]
+
+
+def attack_text(rng: random.Random, taxonomy) -> str:
+    """A user text mixing tags, partial tags, look-alike unicode, case tricks and nested blocks."""
+    names = [taxonomy.tag] + taxonomy.names
+
+    def name() -> str:
+        n = rng.choice(names)
+        n = rng.choice([n, n.upper(), n.title(), "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in n)])
+        if rng.random() < 0.3 and len(n) > 2:  # an invisible character inside the name
+            k = rng.randrange(1, len(n))
+            n = n[:k] + rng.choice(INVISIBLE[1:5]) + n[k:]
+        return n
+
+    def tag(closing: bool) -> str:
+        slash = rng.choice(LOOKALIKE_SLASH) if closing else ""
+        return f"{rng.choice(LOOKALIKE_LT)}{rng.choice(INVISIBLE)}{slash}{rng.choice(INVISIBLE)}{name()}>"
+
+    def entry() -> str:
+        c = taxonomy.categories[rng.randrange(len(taxonomy.categories))]
+        value = rng.choice(c.allowed) if c.allowed else str(rng.randint(0, 999))
+        return f"<{c.name}>{value}</{c.name}>"
+
+    parts = []
+    for _ in range(rng.randint(1, 12)):
+        kind = rng.random()
+        if kind < 0.25:
+            parts.append(f"<{taxonomy.tag}>" + "".join(entry() for _ in range(rng.randint(0, 3))) + f"</{taxonomy.tag}>")
+        elif kind < 0.45:
+            parts.append(tag(rng.random() < 0.5))
+        elif kind < 0.55:
+            parts.append(rng.choice(["<", "</", f"<{taxonomy.tag}", f"</{taxonomy.tag[:3]}", "<<", "< /", ">"]))
+        elif kind < 0.65:
+            parts.append(entry())
+        elif kind < 0.75:  # nested block inside a block
+            parts.append(f"<{taxonomy.tag}><{taxonomy.tag}>{entry()}</{taxonomy.tag}>{entry()}</{taxonomy.tag}>")
+        else:
+            parts.append(rng.choice(["hello", "a < b and b > c", "<div>html</div>", "List<int>", " ", "\n",
+                                     "¿qué?", "数学", "\u202eRTL", "x" * rng.randint(1, 40)]))
+    return "".join(parts)
+
+
+def random_markers(rng: random.Random, taxonomy) -> dict:
+    out = {}
+    for c in taxonomy.categories:
+        if rng.random() < 0.3:
+            out[c.name] = rng.choice(c.allowed) if c.allowed else rng.randint(0, 500)
+    return out
+
+
+def _fold(text: str) -> str:
+    return "".join(unicodedata.normalize("NFKC", ch) for ch in text if unicodedata.category(ch) != "Cf").casefold()
+
+
+def tag_pattern(taxonomy) -> re.Pattern:
+    names = "|".join(re.escape(n.casefold()) for n in [taxonomy.tag] + taxonomy.names)
+    return re.compile(rf"<\s*/?\s*(?:{names})(?![a-z0-9_])")
+
+
+def model_input_problem(user_turn: str, requested: dict, taxonomy, pattern: re.Pattern) -> str | None:
+    """Why the model input is unsafe, or None: the user text may hold no tag; the block must be exactly `requested`."""
+    from treasure.template import SEP, render_block
+
+    block = render_block(requested, taxonomy)
+    if block:
+        if not user_turn.endswith(SEP + block):
+            return "the requested block does not end the user turn"
+        user_text = user_turn[: -len(SEP + block)]
+    else:
+        user_text = user_turn
+    hit = pattern.search(_fold(user_text))
+    return f"a marker tag survived in the user text: {hit.group(0)!r}" if hit else None
+
+
+def injection_pure(server, taxonomy, n: int, seed: int = 0) -> dict:
+    """`n` generated attacks through the server's own request path (pydantic model → prepare_*), no HTTP."""
+    from treasure.serving.api_models import ChatCompletionRequest, GenerateRequest
+    from treasure.serving.limits import LimitError
+
+    t0 = time.monotonic()
+    rng, pattern = random.Random(seed), tag_pattern(taxonomy)
+    bad, skipped = [], 0
+    for i in range(n):
+        text, markers = attack_text(rng, taxonomy), random_markers(rng, taxonomy)
+        try:
+            if i % 2:
+                p = server.prepare_generate(GenerateRequest.model_validate({"prompt": text, "markers": markers}))
+            else:
+                p = server.prepare_chat(ChatCompletionRequest.model_validate({
+                    "messages": [{"role": "system", "content": attack_text(rng, taxonomy)}, {"role": "user", "content": text}],
+                    "markers": markers}))
+        except LimitError:
+            skipped += 1  # a clean 400 (too many tokens): nothing reaches the model
+            continue
+        expected = taxonomy.validate_markers(markers)
+        problem = model_input_problem(p.user_turn, expected, taxonomy, pattern)
+        if problem is None and p.requested != expected:
+            problem = f"requested {p.requested} != validated {expected}"
+        if problem:
+            bad.append((text[:120], problem))
+    happened = f"{n} texts: {n - skipped - len(bad)} clean model inputs, {skipped} refused as too long, {len(bad)} unsafe"
+    if bad:
+        happened += f"; first: {bad[0]}"
+    return record("abuse: marker injection (server path)", f"{n} generated texts with tags, partial tags, look-alikes, nesting",
+                  "model input = neutral user text + exactly the validated requested block", happened, len(bad), False, t0)
+
+
+def injection_http(base: str, headers: dict, taxonomy, n: int, seed: int = 1) -> dict:
+    """`n` attacks over HTTP: each answer is 200 with requested == validated markers, or a 4xx with a message."""
+    t0 = time.monotonic()
+    rng = random.Random(seed)
+    lost, codes = [], {}
+    for _ in range(n):
+        text, markers = attack_text(rng, taxonomy), random_markers(rng, taxonomy)
+        try:
+            r = httpx.post(f"{base}/v1/generate", json={"prompt": text, "markers": markers, "max_tokens": 1},
+                           headers=headers, timeout=60)
+        except httpx.HTTPError as e:
+            lost.append(repr(e))
+            continue
+        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+        if r.status_code == 200:
+            want = {k: str(v) for k, v in taxonomy.validate_markers(markers).items()}
+            if r.json()["markers"]["requested"] != want:
+                lost.append(f"requested {r.json()['markers']['requested']} != {want}")
+        elif not (400 <= r.status_code < 500 and r.json().get("error", {}).get("message")):
+            lost.append(f"{r.status_code}: {r.text[:200]}")
+    return record("abuse: marker injection (HTTP)", f"{n} generated texts posted to /v1/generate",
+                  "200 echoing exactly the validated markers, or a 4xx with a message",
+                  f"status counts {dict(sorted(codes.items()))}; {len(lost)} bad" + (f"; first: {lost[0]}" if lost else ""),
+                  len(lost), False, t0)
+
+
+def auth_routes(base: str, token: str) -> dict:
+    """With a token configured, every API route of the OpenAPI document but /healthz refuses without it."""
+    t0 = time.monotonic()
+    doc = httpx.get(f"{base}/openapi.json", timeout=30).json()
+    bad, checked = [], 0
+    for path, methods in doc["paths"].items():
+        for method in methods:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+                r = httpx.request(method.upper(), f"{base}{path}", headers=headers, json={"prompt": "x"}, timeout=60)
+                checked += 1
+                want_open = path == "/healthz"
+                if want_open and r.status_code != 200 or not want_open and r.status_code != 401:
+                    bad.append(f"{method.upper()} {path} {headers and list(headers.values())[0][:6]} → {r.status_code}")
+                if token in r.text:
+                    bad.append(f"{method.upper()} {path} echoed the token")
+            r = httpx.request(method.upper(), f"{base}{path}", headers={"Authorization": f"Bearer {token}"},
+                              json={"prompt": "x", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}, timeout=60)
+            if r.status_code != 200:
+                bad.append(f"{method.upper()} {path} with the token → {r.status_code}")
+    return record("abuse: auth on every route", f"{checked} requests without / with a wrong / a malformed token",
+                  "401 everywhere but /healthz; 200 with the token; token never echoed",
+                  f"routes {sorted(doc['paths'])}; {len(bad)} wrong" + (f": {bad[:3]}" if bad else ""), len(bad), False, t0)
+
+
+def replica_pids(ray, app: str) -> list[int]:
+    from scenarios import alive_actor_pids
+
+    return alive_actor_pids(ray, f"ServeReplica:{app}:")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def hammer(base: str, headers: dict, clients: int, seconds: float, body: dict, timeout: float = 60.0,
+           during=None) -> list[tuple]:
+    """`clients` threads post `body` in a loop for `seconds`; returns (status | error, latency) per request.
+    `during()` is called once, a third of the way in (the fault)."""
+    stop_at = time.monotonic() + seconds
+    results: list[tuple] = []
+
+    def client():
+        with httpx.Client(timeout=timeout) as c:
+            while time.monotonic() < stop_at:
+                t = time.monotonic()
+                try:
+                    r = c.post(f"{base}/v1/generate", json=body, headers=headers)
+                    ok = r.status_code < 500 or bool(r.json().get("error", {}).get("message")) if r.status_code != 503 else True
+                    results.append((r.status_code if ok else f"{r.status_code} without message", time.monotonic() - t))
+                except httpx.TimeoutException:
+                    results.append(("timeout", time.monotonic() - t))
+                except (httpx.HTTPError, ValueError) as e:
+                    results.append((type(e).__name__, time.monotonic() - t))
+
+    with cf.ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(client) for _ in range(clients)]
+        if during is not None:
+            time.sleep(seconds / 3)
+            during()
+        for f in futures:
+            f.result()
+    return results
+
+
+def recovers(base: str, headers: dict, within: float) -> float | None:
+    """Seconds until a plain request succeeds again, or None."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        try:
+            if httpx.post(f"{base}/v1/generate", json={"prompt": "ok?", "max_tokens": 1}, headers=headers, timeout=30).status_code == 200:
+                return round(time.monotonic() - t0, 1)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return None
+
+
+def overload(ray, base: str, headers: dict, clients: int, seconds: float, capacity: int) -> dict:
+    """Far more concurrent clients than capacity: 200 or fast 503 only, replica memory bounded, recovery after."""
+    t0 = time.monotonic()
+    pid = replica_pids(ray, base.rsplit("/", 1)[1])[0]
+    rss0, peak = rss_mb(pid), [rss_mb(pid)]
+    sampling = True
+
+    def sample():
+        while sampling:
+            peak.append(rss_mb(pid))
+            time.sleep(0.5)
+
+    sampler = cf.ThreadPoolExecutor(1)
+    sampler.submit(sample)
+    results = hammer(base, headers, clients, seconds, {"prompt": "Tell me a long story.", "max_tokens": 16})
+    sampling = False
+    sampler.shutdown()
+    back = recovers(base, headers, 60)
+    codes: dict = {}
+    for status, _ in results:
+        codes[status] = codes.get(status, 0) + 1
+    rejected = sorted(dt for s, dt in results if s == 503)
+    p95 = rejected[int(0.95 * (len(rejected) - 1))] if rejected else None
+    lost = sum(n for s, n in codes.items() if s not in (200, 503))
+    growth = max(peak) - rss0
+    rec = record("abuse: overload", f"{clients} clients for {seconds:.0f} s against capacity {capacity} (ongoing + queued)",
+                 "only 200 or 503; 503s fast (p95 < 5 s); replica RSS growth < 300 MB; recovers after",
+                 f"{len(results)} requests {dict(sorted(codes.items(), key=str))}; 503 p95 {p95 and round(p95, 2)} s; "
+                 f"RSS {rss0:.0f} → peak {max(peak):.0f} MB; recovered in {back} s", lost, back is None, t0)
+    return {**rec, "p95_503_s": p95, "rss_growth_mb": round(growth, 1)}
+
+
+def replica_killed(ray, base: str, clients: int, seconds: float) -> dict:
+    """SIGKILL one of two replicas while clients post: every request answered (200 or a clean error), none hangs."""
+    import os
+    import signal
+
+    t0 = time.monotonic()
+    app = base.rsplit("/", 1)[1]
+    pids = replica_pids(ray, app)
+    killed = []
+
+    def kill():
+        killed.append(pids[0])
+        os.kill(pids[0], signal.SIGKILL)
+
+    results = hammer(base, {}, clients, seconds, {"prompt": "Say something.", "max_tokens": 8}, during=kill)
+    back = recovers(base, {}, 120)
+    codes: dict = {}
+    for status, _ in results:
+        codes[status] = codes.get(status, 0) + 1
+    after = wait_replicas(ray, app, len(pids), 120)
+    hung = sum(n for s, n in codes.items() if s == "timeout")
+    unclean = sum(n for s, n in codes.items() if not isinstance(s, int))
+    return record("serving: replica killed under load", f"SIGKILL 1 of {len(pids)} replicas (pid {killed}) under {clients} clients",
+                  "requests fail over (200) or get a clean HTTP error; none hangs; replica replaced",
+                  f"{len(results)} requests {dict(sorted(codes.items(), key=str))}; max latency "
+                  f"{max(dt for _, dt in results):.1f} s; service OK after {back} s; replicas back: {after}",
+                  unclean, bool(hung) or back is None, t0)
+
+
+def wait_replicas(ray, app: str, n: int, within: float) -> int:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within and len(replica_pids(ray, app)) < n:
+        time.sleep(1)
+    return len(replica_pids(ray, app))

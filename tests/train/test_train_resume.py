@@ -17,6 +17,11 @@ def _train_worker_pids(ray) -> list[int]:
     return [a.pid for a in actors if "RayTrainWorker" in (a.class_name or "")]
 
 
+def _registered_checkpoint(output) -> bool:
+    return any("checkpoint_step_" in open(f).read()
+               for f in glob.glob(str(output / "_ray" / "*" / "checkpoint_manager_snapshot.json")))
+
+
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_train_config, mlflow_env, tmp_path):
     import mlflow
 
@@ -27,7 +32,9 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_train_config
     thread = threading.Thread(target=lambda: result.update(run(cfg)))
     thread.start()
     deadline = time.time() + 480  # generous: the shared 2-core CI machine can be slow to start workers
-    while not glob.glob(str(tmp_path / "ckpt" / "_ray" / "*" / "checkpoint_step_*" / "train_state.pt")):
+    # Kill once the controller has registered a checkpoint (its snapshot names one); a checkpoint
+    # folder that exists but is not registered yet is rightly not resumed from.
+    while not _registered_checkpoint(tmp_path / "ckpt"):
         assert time.time() < deadline and thread.is_alive(), "no checkpoint appeared"
         time.sleep(0.2)
     pids = _train_worker_pids(ray_local)

@@ -83,3 +83,32 @@ def test_annotate_s3_round_trip(tmp_path, ray_local, annotate_mlflow, annotate_b
     assert manifest["manifest_id"] == summary["manifest_id"] and manifest["rows"] == 10
     storage.verify_manifest(cfg.output, manifest)
     assert sorted(read_parts(cfg.output, "data")["id"]) == sorted(r["id"] for r in rows)
+
+
+@pytest.mark.slow  # a Ray Data run with a tagger actor (model load)
+def test_annotate_off_list_tagger_answers_become_unspecified(tmp_path, ray_local, annotate_mlflow, tiny_checkpoint):
+    """A random-weight tiny Llama answers gibberish: it must end as 'no task marker' with the raw answer kept."""
+    rows = make_rows(10, bad=False)
+    src = write_normalized(str(tmp_path / "normalized"), rows)
+    cfg = AnnotateConfig.model_validate(base_config(
+        src, str(tmp_path / "annotated"), quality={"enabled": False},
+        tagger={"enabled": True, "model": str(tiny_checkpoint), "mode": "generate", "categories": ["task", "domain"],
+                "max_rows": 3, "max_new_tokens": 4, "pool": {"concurrency": 1, "batch_size": 4, "num_cpus": 1.0}}))
+    summary = run(cfg)
+    data = read_parts(cfg.output, "data")
+    tagged, capped = 0, 0
+    for m_json, p_json in zip(data["markers"], data["provenance"]):
+        markers, prov = json.loads(m_json), json.loads(p_json)
+        for cat in ("task", "domain"):
+            p = prov.get(cat, {})
+            if p.get("by") != "llm":
+                continue
+            note = p.get("note") or ""
+            if note.startswith("not tagged"):
+                capped += 1
+                assert cat not in markers
+            elif note.startswith("unspecified: answer not in the class list"):
+                tagged += 1
+                assert p["raw"] is not None and p["model"] == str(tiny_checkpoint)
+                assert markers.get(cat) in (None, "Unspecified") and (cat == "domain") == (cat in markers)
+    assert tagged >= 1 and capped >= 1 and summary["metrics"]["tagger_answers"] == tagged

@@ -141,7 +141,7 @@ def main() -> None:
     if cfg.max_examples:
         rows = sorted(rows, key=lambda r: r["id"])[: cfg.max_examples]
     ray.shutdown()
-    tokenizer_dir = Path(cfg.model.tokenizer_cache) / cache_key(manifest["manifest_id"], cfg.model.vocab_size, taxonomy.version)
+    tokenizer_dir = Path(cfg.model.tokenizer_cache) / cache_key(f"{manifest['manifest_id']}:{cfg.model.tokenizer_rows}", cfg.model.vocab_size, taxonomy.version)
     plain = plain_loop(cfg, rows, tokenizer_dir, args.steps, args.warmup)
     n = plain["params"]
     result = {

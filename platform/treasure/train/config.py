@@ -27,6 +27,8 @@ class ModelConfig(StrictModel):
     num_layers: int = Field(2, ge=1, le=128, description="Transformer layers (kind=tiny).")
     num_heads: int = Field(4, ge=1, le=128, description="Attention heads (kind=tiny); must divide hidden_size.")
     intermediate_size: int = Field(512, ge=8, le=65536, description="MLP width (kind=tiny).")
+    tokenizer_rows: int = Field(4000, ge=100, description="Rows (a fixed hash-ordered sample) the BPE tokenizer is trained on "
+                                "(kind=tiny); training on all of a large corpus costs minutes for little gain.")
     tokenizer_cache: str = Field("runs/tokenizers", description="Folder where BPE tokenizers are cached, one per "
                                  "(data manifest, vocab size, taxonomy), so baseline and marked share one.")
 

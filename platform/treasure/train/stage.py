@@ -59,12 +59,15 @@ def _tokenizer_files(config: TrainConfig, rows: list[dict], manifest_id: str, ta
     if config.model.kind != "tiny":
         return None
 
+    # A deterministic sample spread over all sources (ids start with the source name: hash them).
+    sample = sorted(rows, key=lambda r: hashlib.sha256(r["id"].encode()).digest())[: config.model.tokenizer_rows]
+
     def texts():
-        for r in rows:
+        for r in sample:
             markers = json.loads(r["markers"] or "{}")
             yield chat_text(render_prompt(r["prompt"], markers, taxonomy), render_completion(markers, r["response"], taxonomy))
 
-    key = cache_key(manifest_id, config.model.vocab_size, taxonomy.version)
+    key = cache_key(f"{manifest_id}:{config.model.tokenizer_rows}", config.model.vocab_size, taxonomy.version)
     folder = cached_bpe(config.model.tokenizer_cache, key, texts, config.model.vocab_size)
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 

@@ -5,6 +5,7 @@ with MlflowClient, then a clean stop. The tests in this module run in order on o
 
 from __future__ import annotations
 
+import os
 import subprocess
 import urllib.request
 from urllib.parse import urlparse
@@ -20,7 +21,10 @@ def parse_env(path) -> dict[str, str]:
 
 
 def dev_stack(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "infra/dev_stack.sh", *args], cwd=REPO, capture_output=True, text=True, timeout=400)
+    # A generous wait: on a loaded 2-core machine `mlflow server` alone has taken minutes to answer.
+    env = {**os.environ, "DEV_STACK_WAIT_S": "300"}
+    return subprocess.run(["bash", "infra/dev_stack.sh", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=700)
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -85,3 +85,23 @@ def test_shipped_configs_load_and_name_their_command(repo, name):
     assert "dropout.dataset_rate" in config.space and "dropout.sample_rate" in config.space
     with pytest.raises(ConfigError):
         load_config(TuneConfig, path, ["objective.combine=wrong"], section="tune")
+
+
+def test_searcher_and_scheduler_from_config():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from treasure.tune.search import expected_trials, scheduler, searcher, tune_space
+
+    space = {"dropout.dataset_rate": {"type": "uniform", "low": 0.0, "high": 0.9, "q": 0.05},
+             "dropout.category_rates.domain": {"type": "choice", "values": [0.2, 0.5]}}
+    pareto = cfg(space=space, searcher={"type": "optuna"}, rounds=3, num_samples=6, objective={
+        "combine": "pareto", "terms": [{"metric": "longtail.inference.accuracy", "mode": "max"},
+                                       {"metric": "longtail.length.violation_rate", "mode": "min"}]})
+    alg = searcher(pareto)
+    assert isinstance(alg, OptunaSearch) and alg.metric == ["longtail.inference.accuracy", "longtail.length.violation_rate"]
+    assert alg.mode == ["max", "min"]
+    asha = scheduler(pareto)
+    assert isinstance(asha, ASHAScheduler) and asha.metric == "round_objective" and asha._max_t == 3
+    assert isinstance(scheduler(cfg(scheduler={"type": "fifo"})), FIFOScheduler) and searcher(cfg()) is None
+    assert set(tune_space(pareto.space)) == set(space) and expected_trials(pareto) == 6

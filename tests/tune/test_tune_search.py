@@ -31,17 +31,20 @@ def test_toy_search_asha_mlflow_registry_plot(repo, tmp_path, ray_local, tune_ml
     # Trials run one at a time in grid order; ASHA (factor 2) stops a trial at a rung when its
     # round_objective is under the median of the trials recorded there before it. Round objective
     # = -((x - .5)^2 + 1/round): at round 1, 0.0 → -1.25, 0.4 → -1.01, 0.5 → -1.00, then 0.1 → -1.16
-    # is under the median -1.01 of the three before it: stopped. The others pass both rungs.
-    config = toy_config(repo, tmp_path, "toy-asha", [0.0, 0.4, 0.5, 0.1], rounds=3, scheduler="asha")
+    # is under the median -1.01 of the three before it: stopped. The others pass both rungs; the
+    # trial after the stopped one (0.45) shows the stopped trial's process did not run on.
+    config = toy_config(repo, tmp_path, "toy-asha", [0.0, 0.4, 0.5, 0.1, 0.45], rounds=3, scheduler="asha")
     out = search.run(config, round_fn=tune_toy_rounds.toy_round)
 
     rows = {r["dropout.dataset_rate"]: r for r in out["trials"]}
-    assert sorted(rows) == [0.0, 0.1, 0.4, 0.5] and out["metrics"]["trials"] == 4
+    assert sorted(rows) == [0.0, 0.1, 0.4, 0.45, 0.5] and out["metrics"]["trials"] == 5
     assert rows[0.1]["round"] == 1 and math.isnan(rows[0.1]["objective"])  # stopped at the first rung
-    for rate in (0.0, 0.4, 0.5):  # objective = 1 - (x - .5)^2 - .1 * .5, computed by hand
+    stopped_dir = tmp_path / "tune" / "toy-asha.trials" / f"trial-{rows[0.1]['trial_id']}"
+    assert tune_toy_rounds.marker_counts(stopped_dir.parent)[stopped_dir.name] == ["round-1.done"]
+    for rate in (0.0, 0.4, 0.45, 0.5):  # objective = 1 - (x - .5)^2 - .1 * .5, computed by hand
         assert rows[rate]["round"] == 3 and rows[rate]["objective"] == pytest.approx(1 - (rate - 0.5) ** 2 - 0.05)
     assert out["best"]["dropout.dataset_rate"] == 0.5
-    assert out["metrics"]["trials_finished"] == 3 and out["metrics"]["trials_stopped_early"] == 1
+    assert out["metrics"]["trials_finished"] == 4 and out["metrics"]["trials_stopped_early"] == 1
 
     # MLflow: one parent run, one nested run per trial with its params and per-round metrics.
     client = mlflow.MlflowClient()
@@ -50,7 +53,7 @@ def test_toy_search_asha_mlflow_registry_plot(repo, tmp_path, ray_local, tune_ml
     assert parent.data.tags["best.dropout.dataset_rate"] == "0.5"
     children = mlflow.search_runs(experiment_names=["treasure-tune"], output_format="list",
                                   filter_string=f"tags.`mlflow.parentRunId` = '{out['mlflow_run_id']}'")
-    assert len(children) == 4
+    assert len(children) == 5
     by_rate = {float(c.data.params["dropout.dataset_rate"]): c for c in children}
     assert by_rate[0.1].info.status == "KILLED" and by_rate[0.1].data.tags["tune.stopped_early"] == "true"
     assert by_rate[0.5].info.status == "FINISHED"

@@ -15,7 +15,7 @@ from treasure.tune.config import TuneConfig
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_real_search_trains_evaluates_and_registers(repo, tmp_path, taxonomy, ray_local, tune_mlflow, monkeypatch):
     import mlflow
 
@@ -25,7 +25,7 @@ def test_real_search_trains_evaluates_and_registers(repo, tmp_path, taxonomy, ra
     data = tmp_path / "annotated"
     tune_real_data.write_annotated(str(data), tune_real_data.make_rows(240), taxonomy.version)
     train = {"input": str(data), "output": str(tmp_path / "marked"), "experiment": "tune-real", "max_length": 64,
-             "batch_size": 8, "max_steps": 8, "warmup_steps": 2, "checkpoint_every": 100, "learning_rate": 3e-3,
+             "batch_size": 8, "max_steps": 4, "warmup_steps": 2, "checkpoint_every": 100, "learning_rate": 3e-3,
              "num_workers": 1, "cpus_per_worker": 1, "log_every": 1,
              "model": {"kind": "tiny", "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                        "intermediate_size": 64, "tokenizer_cache": str(tmp_path / "tok")}}
@@ -34,7 +34,7 @@ def test_real_search_trains_evaluates_and_registers(repo, tmp_path, taxonomy, ra
                 "output": str(tmp_path / "eval"), "experiment": "tune-real", "heldout_fraction": 0.1,
                 "tail_fraction": 0.2, "generation": {"batch_size": 16, "sampling": {"max_tokens": 24}},
                 "length_control": {"prompts": 0}, "win_rate": {"prompts": 0},
-                "categories": {"inference_prompts": 12, "adherence_prompts_per_value": 0}}
+                "categories": {"inference_prompts": 8, "adherence_prompts_per_value": 0}}
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump({"train": train, "evaluate": evaluate}))
     config = load_config(TuneConfig, repo / "tuning" / "configs" / "demo.yaml", [

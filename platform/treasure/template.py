@@ -174,13 +174,19 @@ def neutralize(text: str, taxonomy: Taxonomy) -> str:
     return "".join(out)
 
 
+def _blank(ch: str) -> bool:
+    """Whitespace or an invisible format character (zero-width space, joiners, BOM)."""
+    return ch.isspace() or unicodedata.category(ch) == "Cf"
+
+
 def _opens_tag(text: str, j: int, names: set[str]) -> bool:
     n = len(text)
-    while j < n and text[j].isspace():
+    # Invisible characters count as padding here too ("<\u200b/domain>"), not only inside the name.
+    while j < n and _blank(text[j]):
         j += 1
     if j < n and unicodedata.normalize("NFKC", text[j]) == "/":
         j += 1
-    while j < n and text[j].isspace():
+    while j < n and _blank(text[j]):
         j += 1
     k = j
     # Collect a candidate name; characters that NFKC-fold into identifier characters count too

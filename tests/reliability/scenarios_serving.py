@@ -77,7 +77,7 @@ def _fold(text: str) -> str:
 
 def tag_pattern(taxonomy) -> re.Pattern:
     names = "|".join(re.escape(n.casefold()) for n in [taxonomy.tag] + taxonomy.names)
-    return re.compile(rf"<\s*/?\s*(?:{names})(?![a-z0-9_])")
+    return re.compile(rf"<\s*/?\s*(?:{names})(?!\w)")
 
 
 def model_input_problem(user_turn: str, requested: dict, taxonomy, pattern: re.Pattern) -> str | None:

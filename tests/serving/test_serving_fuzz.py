@@ -29,6 +29,7 @@ def test_no_input_causes_a_server_error(serve_app):
             seen.append(response.status_code)
             assert response.status_code < 500 or response.status_code == 503, (response.status_code, response.text[:300])
             kind = response.headers.get("content-type", "")
+            kind = kind[0] if isinstance(kind, list) else kind  # schemathesis 4 keeps header values as lists
             assert kind.startswith(("application/json", "text/event-stream")), kind
 
         check()

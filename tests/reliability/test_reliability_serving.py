@@ -20,7 +20,7 @@ def test_marker_injection_server_path(tiny_checkpoint, taxonomy, check_record):
     from treasure.serving.server import ModelServer
 
     server = ModelServer(ServeConfig(checkpoint=str(tiny_checkpoint), max_prompt_tokens=4096))
-    rec = check_record(ss.injection_pure(server, taxonomy, n=3000))
+    rec = check_record(ss.injection_pure(server, taxonomy, n=2000))
     assert "0 unsafe" in rec["happened"]
 
 

@@ -21,6 +21,6 @@ if __name__ == "__main__":
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
     print(json.dumps(run(config), indent=2))

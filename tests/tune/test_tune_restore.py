@@ -37,7 +37,8 @@ def interrupt_point(trials_root) -> bool:
     return sum("round-2.done" in f for f in files) == 2 and any(f == ["round-1.done"] for f in files)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.slow  # ~1-4 min (a second Ray cluster in the driver process); `make test-slow`
+@pytest.mark.timeout(600)
 def test_interrupted_search_resumes_without_rerunning(repo, tmp_path, ray_local, tune_mlflow):
     import mlflow
 

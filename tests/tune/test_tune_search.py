@@ -60,7 +60,7 @@ def test_toy_search_asha_mlflow_registry_plot(repo, tmp_path, ray_local, tune_ml
     history = client.get_metric_history(by_rate[0.5].info.run_id, "round_objective")
     assert [m.step for m in history] == [1, 2, 3]
     # The best trial's checkpoint is registered, pointing back at the trial's run.
-    versions = client.search_model_versions("name = 'tune-toy-best'")
+    versions = client.search_model_versions("name = 'toy-asha-best'")
     assert [v.run_id for v in versions] == [by_rate[0.5].info.run_id]
     assert out["registered"]["model_version"] == versions[0].version
 

@@ -51,5 +51,5 @@ def toy_overrides(tmp_path, name: str, grid: list[float], *, rounds: int, schedu
         f"space={{dropout.dataset_rate: {{type: grid, values: {grid}}}, dropout.sample_rate: {{type: choice, values: [0.5]}}}}",
         "objective={terms: [{metric: longtail.inference.accuracy, mode: max}], round_terms: [{metric: heldout.tail.loss, mode: min}]}",
         f"scheduler={{type: {scheduler}, grace_period: 1, reduction_factor: 2}}",
-        "resources={trial_cpus: 1, max_concurrent_trials: 1}", "register_model=tune-toy-best",
+        "resources={trial_cpus: 1, max_concurrent_trials: 1}", f"register_model={name}-best",
     ]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from treasure import tracking
-from treasure.config import ConfigError, flatten, load_config
+from treasure.config import ConfigError, load_config
 from treasure.tune import objective as obj
 from treasure.tune.config import Choice, Grid, LogUniform, RandInt, TuneConfig, Uniform, apply_params, example_value
 from treasure.tune.trial import TrialSetup, report_keys, run_trial

@@ -6,7 +6,8 @@ and evaluates the checkpoint with ``treasure.evaluate.stage.run``: cheaply after
 
     round, round_objective, objective, <final term metrics>, <round term metrics>
 
-with NaN for what is not measured yet, so every report carries every key the scheduler and the
+with NaN for what is not measured yet (each round runs in its own Ray task outside the trial's
+placement group, see ``run_round``), so every report carries every key the scheduler and the
 searcher read (Tune checks that). ASHA compares ``round_objective``; the searcher and the best
 trial use ``objective`` (final round only).
 

@@ -57,7 +57,9 @@ def ray_local():
         if ray.is_initialized():
             break
         try:
-            ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+            # No dashboard: it is the part that fails to start on an overloaded machine, and the
+            # scenarios find actors by process (scenarios.alive_actor_pids), not by the state API.
+            ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
                      runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}, log_to_driver=False)
         except Exception:
             ray.shutdown()

@@ -107,11 +107,12 @@ def main() -> int:
     ap.add_argument("--fast", action="store_true", help="only the scenarios of the default suite")
     ap.add_argument("-k", default=None, help="pytest -k expression to pick scenarios")
     ap.add_argument("--no-write", action="store_true", help="print the table only; leave docs/reliability.md alone")
+    ap.add_argument("--records", default=None, help="JSONL file the scenario records are appended to (default: a temp file)")
     args = ap.parse_args()
     os.chdir(REPO)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")  # a busy 2-core machine starts raylets slowly
-    records_file = Path(tempfile.mkdtemp(prefix="reliability-")) / "records.jsonl"
+    records_file = Path(args.records or Path(tempfile.mkdtemp(prefix="reliability-")) / "records.jsonl")
     os.environ["TREASURE_RELIABILITY_RECORDS"] = str(records_file)
     started, header_machine = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine()
     targets = ["tests/reliability"] + ([] if args.fast else list(EXTERNAL))
@@ -127,8 +128,9 @@ def main() -> int:
     bad = [r["scenario"] for r in records if r["lost"] or r["hung"]]
     print(f"\n{len(records)} scenarios, {len(bad)} with lost rows/requests or a hang {bad}; pytest exit {code}; "
           f"{time.monotonic() - t0:.0f} s")
-    if not args.no_write and not args.k:
-        write_doc(records, f"Run {started} ({'fast subset' if args.fast else 'full run'}, {time.monotonic() - t0:.0f} s) "
+    if not args.no_write:
+        kind = "fast subset" if args.fast else "full run" if not args.k else f"scenarios matching -k {args.k!r}"
+        write_doc(records, f"Run {started} ({kind}, {time.monotonic() - t0:.0f} s) "
                            f"on {header_machine}. pytest exit {int(code)}.")
     return 0 if code == 0 and not bad else 1
 

@@ -44,11 +44,23 @@ def wait_for(predicate, timeout: float, every: float = 0.2, alive=None) -> bool:
 
 
 def alive_actor_pids(ray, name_part: str) -> list[int]:
-    """PIDs of this session's live actors whose class name contains `name_part`."""
-    from ray.util.state import list_actors
+    """PIDs of this process's Ray workers (its own local cluster) whose title names `name_part`.
 
-    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], detail=True)
-    return [a.pid for a in actors if name_part in (a.class_name or "") and a.pid]
+    Ray retitles an actor's worker process "ray::<class name>[.<method>]". Walking this process's
+    children (ray.init started the raylet, which starts the workers) keeps other clusters on the
+    machine out, and needs no dashboard.
+    """
+    import psutil
+
+    pids = []
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            title = " ".join(p.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if title.startswith("ray::") and name_part in title:
+            pids.append(p.pid)
+    return pids
 
 
 # --- annotate: exactly once ---------------------------------------------------------------------

@@ -73,6 +73,8 @@ def run(
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
+    # The pipeline's parent run is active in this process when a stage runs: MLflow needs nested=True.
+    nested = nested or (parent_run_id is not None and mlflow.active_run() is not None)
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested, tags=all_tags) as active:
         params = _params(config)
         for i in range(0, len(params), 90):  # log_params takes at most 100 per call

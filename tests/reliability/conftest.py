@@ -57,9 +57,10 @@ def ray_local():
         if ray.is_initialized():
             break
         try:
-            # No dashboard: it is the part that fails to start on an overloaded machine, and the
-            # scenarios find actors by process (scenarios.alive_actor_pids), not by the state API.
-            ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
+            # The dashboard (needed by the state API of the train/tune fault tests) is the part that fails
+            # to start on an overloaded machine: the last attempt goes without it; these scenarios find
+            # actors by process (scenarios.alive_actor_pids), not through the state API.
+            ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=attempt < 2, dashboard_host="127.0.0.1",
                      runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}, log_to_driver=False)
         except Exception:
             ray.shutdown()

@@ -67,6 +67,10 @@ class PipelineConfig(StrictModel):
             raise ValueError("train.markers must be true: the `train` section is the marked model (the baseline is derived)")
         if self.train.output.rstrip("/") == self.pipeline.baseline_output.rstrip("/"):
             raise ValueError("pipeline.baseline_output must differ from train.output")
+        split = (self.train.heldout_seed, self.train.heldout_fraction)
+        if split != (self.evaluate.heldout_seed, self.evaluate.heldout_fraction):
+            raise ValueError(f"train.heldout_seed/heldout_fraction={split} but evaluate has "
+                             f"{(self.evaluate.heldout_seed, self.evaluate.heldout_fraction)}: evaluation would score training rows")
         if self.annotate.taxonomy != self.train.taxonomy:
             raise ValueError(f"annotate.taxonomy={self.annotate.taxonomy!r} but train.taxonomy={self.train.taxonomy!r}")
         return self

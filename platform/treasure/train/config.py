@@ -72,6 +72,8 @@ class TrainConfig(StrictModel):
     max_length: int = Field(256, ge=16, le=131072, description="Context length; completions are cut to fit, "
                             "examples whose prompt alone does not fit are skipped and counted.")
     max_examples: int | None = Field(None, ge=1, description="Use only the first N rows (by id); None = all.")
+    heldout_seed: int = Field(0, ge=0, description="Seed of the held-out split (treasure.heldout); must equal evaluate.heldout_seed.")
+    heldout_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="Share of examples held out for evaluation and never trained on; must equal evaluate.heldout_fraction.")
     batch_size: int = Field(16, ge=1, le=4096, description="Micro-batch size per worker.")
     grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps; epochs repeat (with fresh dropout) as needed.")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from treasure import storage
+from treasure.heldout import is_heldout
 from treasure.taxonomy import load_taxonomy
 from treasure.template import render_completion, render_prompt
 from treasure.train.checkpoint import TRAIN_STATE, quality_reference
@@ -49,6 +50,10 @@ def _read_dataset(config: TrainConfig, taxonomy):
     fs, _ = storage.filesystem(files[0])
     paths = [storage.filesystem(f)[1] for f in files]
     ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(COLUMNS)
+    if config.heldout_fraction > 0:
+        # The evaluation stage uses exactly these rows; a model must never have trained on them.
+        seed, fraction = config.heldout_seed, config.heldout_fraction
+        ds = ds.filter(lambda row: not is_heldout(row["id"], seed, fraction))
     if config.max_examples is not None:
         ds = ds.sort("id").limit(config.max_examples)
     return ds.materialize(), manifest

@@ -3,26 +3,13 @@ and collect each scenario's record for run.py (TREASURE_RELIABILITY_RECORDS name
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 
+from scenarios import annotate_fixtures, serving_fixtures
 
-TESTS = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-annotate_fixtures = _load("reliability_annotate_fixtures", TESTS / "annotate" / "conftest.py")
-serving_fixtures = _load("reliability_serving_fixtures", TESTS / "serving" / "conftest.py")
 annotate_mlflow = annotate_fixtures.annotate_mlflow
 serve_http = serving_fixtures.serve_http
 serve_app = serving_fixtures.serve_app

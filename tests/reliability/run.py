@@ -16,60 +16,18 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
 DOC = REPO / "docs" / "reliability.md"
 TABLE_START, TABLE_END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
 
-EXTERNAL = {  # node id prefix -> (scenario, injected, expected)
-    "tests/train/test_train_resume.py::test_killed_worker_resumes_from_last_checkpoint": (
-        "training: worker killed mid-epoch", "SIGKILL the Ray Train worker after a registered checkpoint",
-        "resumes from the last checkpoint's step (not 0) and finishes all steps"),
-    "tests/train/test_train_checkpoint_read.py::test_corrupt_newest_falls_back_to_previous": (
-        "training: newest checkpoint corrupt", "newest checkpoint's weights cut in half (torn upload)",
-        "CheckpointWarning naming the checksum; the previous checkpoint is loaded"),
-    "tests/tune/test_tune_restore.py::test_interrupted_search_resumes_without_rerunning": (
-        "tuning: search interrupted", "SIGINT to the tuning driver in the middle of trial 3 of 4",
-        "Tuner.restore finishes all 4 trials; finished trials and rounds are not rerun"),
-    "tests/serving/test_serving_fuzz.py::test_no_input_causes_a_server_error": (
-        "abuse: schema fuzzing (schemathesis)", "inputs generated from the app's OpenAPI document",
-        "no 5xx but 503; every answer JSON or SSE"),
-}
-
-
-class Collector:
-    """A pytest plugin turning the outcome of the EXTERNAL tests into records."""
-
-    def __init__(self):
-        self.external: dict[str, dict] = {}
-
-    def pytest_runtest_logreport(self, report):
-        prefix = next((p for p in EXTERNAL if report.nodeid.startswith(p)), None)
-        if prefix is None or (report.when != "call" and not report.failed):
-            return
-        agg = self.external.setdefault(prefix, {"passed": 0, "failed": 0, "seconds": 0.0, "why": "", "hung": False})
-        agg["seconds"] += report.duration
-        if report.passed:
-            agg["passed"] += 1
-        elif report.failed:
-            agg["failed"] += 1
-            text = str(report.longrepr)
-            agg["hung"] |= "Timeout" in text
-            agg["why"] = agg["why"] or text.strip().splitlines()[-1][:200]
-
-    def records(self) -> list[dict]:
-        out = []
-        for prefix, agg in self.external.items():
-            scenario, injected, expected = EXTERNAL[prefix]
-            happened = f"{agg['passed']} case(s) passed" if not agg["failed"] else f"{agg['failed']} failed: {agg['why']}"
-            out.append({"scenario": scenario, "injected": injected, "expected": expected, "happened": happened,
-                        "lost": agg["failed"], "hung": agg["hung"], "seconds": round(agg["seconds"], 1),
-                        "source": prefix})
-        return out
+from reliability_collect import EXTERNAL  # noqa: E402
 
 
 def machine() -> str:
@@ -101,8 +59,6 @@ def write_doc(records: list[dict], header: str) -> None:
 
 
 def main() -> int:
-    import pytest
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true", help="only the scenarios of the default suite")
     ap.add_argument("-k", default=None, help="pytest -k expression to pick scenarios")
@@ -115,15 +71,19 @@ def main() -> int:
     records_file = Path(args.records or Path(tempfile.mkdtemp(prefix="reliability-")) / "records.jsonl")
     os.environ["TREASURE_RELIABILITY_RECORDS"] = str(records_file)
     started, header_machine = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine()
-    targets = ["tests/reliability"] + ([] if args.fast else list(EXTERNAL))
-    pytest_args = ["-q", "-p", "no:cacheprovider", "-m", "not slow" if args.fast else "reliability or slow", *targets]
-    if args.k:
-        pytest_args += ["-k", args.k]
-    collector = Collector()
+    # Two pytest processes: the reliability tests, then the other areas' fault tests (each area's
+    # conftest and session fixtures, e.g. its own Serve HTTP port, stay in their own session).
+    select = ["-m", "not slow"] if args.fast else []
+    select += ["-k", args.k] if args.k else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     t0 = time.monotonic()
-    code = pytest.main(pytest_args, plugins=[collector])
+    codes = [subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *select, "tests/reliability"],
+                             env=env)]
+    if not args.fast:
+        codes.append(subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "reliability_collect",
+                                      *select, *EXTERNAL], env=env))
+    code = max(c for c in codes if c != 5) if any(c != 5 for c in codes) else 0  # 5: nothing selected
     records = [json.loads(line) for line in records_file.read_text().splitlines()] if records_file.exists() else []
-    records += collector.records()
     print("\n" + table(records))
     bad = [r["scenario"] for r in records if r["lost"] or r["hung"]]
     print(f"\n{len(records)} scenarios, {len(bad)} with lost rows/requests or a hang {bad}; pytest exit {code}; "

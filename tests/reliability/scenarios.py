@@ -26,6 +26,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def load_module(name: str, path: Path):
+    """Import another area's conftest under a unique name (every conftest is 'conftest' otherwise)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+annotate_fixtures = load_module("reliability_annotate_fixtures", REPO / "tests" / "annotate" / "conftest.py")
+serving_fixtures = load_module("reliability_serving_fixtures", REPO / "tests" / "serving" / "conftest.py")
+
+
 def record(scenario: str, injected: str, expected: str, happened: str, lost: int, hung: bool, t0: float) -> dict:
     return {"scenario": scenario, "injected": injected, "expected": expected, "happened": happened,
             "lost": int(lost), "hung": bool(hung), "seconds": round(time.monotonic() - t0, 1)}

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import scenarios
-from conftest import annotate_fixtures
+from scenarios import annotate_fixtures
 
 
 def annotate_input(uri: str, n: int, rows_per_file: int = 1000) -> list[str]:

@@ -8,15 +8,9 @@ generation.backend=vllm), else a local cluster pinned to 127.0.0.1.
 Writes <output>/report.md, metrics.json, PNG plots, data/generations.parquet; logs all to MLflow.
 """
 
-import json
-
 if __name__ == "__main__":
-    from treasure.cluster import init_ray
-    from treasure.config import cli_args, load_config
     from treasure.evaluate.config import EvaluateConfig
     from treasure.evaluate.stage import run
+    from treasure.stage_script import main
 
-    args = cli_args(__doc__.splitlines()[0], default_config="pipelines/configs/demo.yaml")
-    config = load_config(EvaluateConfig, args.config, args.overrides, section="evaluate")
-    init_ray()
-    print(json.dumps(run(config), indent=2))
+    main(EvaluateConfig, "evaluate", run, __doc__)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 
 import pytest
 
@@ -76,28 +75,3 @@ def annotate_mlflow(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
         yield f"sqlite:///{root / 'mlflow.db'}"
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    """A real S3 endpoint: moto's threaded server on 127.0.0.1 (free port)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def annotate_bucket(moto_endpoint, monkeypatch):
-    import boto3
-
-    # Placeholder credentials: moto accepts any.
-    for key, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    name = f"annotate-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=name)
-    yield f"s3://{name}"

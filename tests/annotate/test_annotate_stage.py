@@ -74,10 +74,10 @@ def test_annotate_resume_after_crash_is_exactly_once(tmp_path, ray_local, annota
     assert len(ids) == len(set(ids)) and len(data) + len(errors) == len(rows) == m["input_rows"]
 
 
-def test_annotate_s3_round_trip(tmp_path, ray_local, annotate_mlflow, annotate_bucket):
+def test_annotate_s3_round_trip(tmp_path, ray_local, annotate_mlflow, s3_bucket):
     rows = make_rows(10, bad=False)
-    src = write_normalized(f"{annotate_bucket}/normalized", rows)
-    cfg = AnnotateConfig.model_validate(base_config(src, f"{annotate_bucket}/annotated", quality={"enabled": False}))
+    src = write_normalized(f"{s3_bucket}/normalized", rows)
+    cfg = AnnotateConfig.model_validate(base_config(src, f"{s3_bucket}/annotated", quality={"enabled": False}))
     summary = run(cfg)
     manifest = storage.read_manifest(cfg.output)
     assert manifest["manifest_id"] == summary["manifest_id"] and manifest["rows"] == 10

@@ -1,39 +1,12 @@
-"""Fixtures of the corpus tests: a real S3 endpoint (moto's server on 127.0.0.1) and an MLflow store.
+"""Fixtures of the corpus tests: an MLflow store and a file of bad rows.
 
-`s3_server` / `s3_bucket` are general: any area can use them (they could move to tests/conftest.py).
+`s3_server` / `s3_bucket` live in tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def s3_server():
-    """A real S3 protocol endpoint for the session: moto's threaded server on 127.0.0.1, a free port."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_bucket(s3_server, monkeypatch):
-    """A fresh bucket on the moto server, with AWS_* pointing at it for this test; yields 's3://<bucket>'."""
-    import boto3
-
-    # Placeholder credentials: moto accepts any; real ones never appear in code.
-    for key, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
-    yield f"s3://{name}"
 
 
 @pytest.fixture(scope="session")

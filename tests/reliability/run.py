@@ -64,8 +64,15 @@ def main() -> int:
     ap.add_argument("-k", default=None, help="pytest -k expression to pick scenarios")
     ap.add_argument("--no-write", action="store_true", help="print the table only; leave docs/reliability.md alone")
     ap.add_argument("--records", default=None, help="JSONL file the scenario records are appended to (default: a temp file)")
+    ap.add_argument("--render", metavar="NOTE", default=None,
+                    help="run nothing: write the table of the --records file to docs/reliability.md with this note")
     args = ap.parse_args()
     os.chdir(REPO)
+    if args.render is not None:
+        records = [json.loads(line) for line in Path(args.records).read_text().splitlines()]
+        print(table(records))
+        write_doc(records, f"{args.render} Machine: {machine()}.")
+        return 0
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")  # a busy 2-core machine starts raylets slowly
     records_file = Path(args.records or Path(tempfile.mkdtemp(prefix="reliability-")) / "records.jsonl")

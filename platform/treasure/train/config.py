@@ -63,6 +63,7 @@ class TrainConfig(StrictModel):
     experiment: str = Field("treasure-train", description="MLflow experiment name.")
     registered_model: str | None = Field(None, description="MLflow registered model name; default "
                                          "treasure-marked / treasure-baseline.")
+    register: bool = Field(True, description="Register the checkpoint as a new MLflow model version (tuning trials turn it off).")
     seed: int = Field(0, ge=0, description="Seed of model init, data order and marker dropout.")
     taxonomy: str = Field("paper", description="Taxonomy (builtin name or YAML path); must match the dataset's.")
     markers: bool = Field(True, description="Train with the marker template; off = the baseline.")

@@ -211,7 +211,8 @@ def run(config: TrainConfig, *, parent_run_id: str | None = None) -> dict:
                  "data_manifest_id": data_manifest_id, "step": metrics["steps"]}
         local = _download(result.checkpoint)
         mlflow.log_artifacts(str(local), "checkpoint")
-        summary["model_version"] = _register(run_id, config.model_name, taxonomy, config.markers)
+        if config.register:
+            summary["model_version"] = _register(run_id, config.model_name, taxonomy, config.markers)
         manifest = _publish(config, local, {**extra, "summary": summary})
         summary["manifest_id"] = manifest["manifest_id"]
     return summary

@@ -1,0 +1,64 @@
+"""Every shipped YAML loads into its config model (a typo in any file fails here, not in a run)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_CONFIGS = sorted((REPO / "pipelines" / "configs").glob("*.yaml"))
+TUNE_CONFIGS = sorted((REPO / "tuning" / "configs").glob("*.yaml"))
+
+
+def test_every_yaml_is_covered():
+    """New YAML under these folders must be added to a test below (or to its area's tests)."""
+    names = {p.name for p in PIPELINE_CONFIGS}
+    assert {"demo.yaml", "paper.yaml", "taxonomy_demo.yaml"} <= names
+    assert names - {"demo.yaml", "paper.yaml", "taxonomy_demo.yaml"} == set(), names
+    assert {p.name for p in TUNE_CONFIGS} >= {"demo.yaml"}
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml"])
+def test_pipeline_configs_load_and_are_wired(name):
+    from treasure.config import load_config
+    from treasure.pipeline import PipelineConfig
+
+    cfg = load_config(PipelineConfig, REPO / "pipelines" / "configs" / name)
+    stages = cfg.stage_configs()
+    assert stages["train_baseline"].markers is False and stages["train_marked"].markers is True
+    assert {c.experiment for c in stages.values()} == {cfg.pipeline.experiment}
+
+
+@pytest.mark.parametrize("path", PIPELINE_CONFIGS + TUNE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_yaml_starts_with_the_command_that_runs_it(path):
+    head = path.read_text().splitlines()[:6]
+    if path.name.startswith("taxonomy"):
+        return  # data, not a runnable config
+    assert any(line.startswith("#") and ("Run" in line or "make" in line) for line in head), head
+
+
+def test_demo_taxonomy_loads():
+    from treasure.taxonomy import load_taxonomy
+
+    tax = load_taxonomy(REPO / "pipelines" / "configs" / "taxonomy_demo.yaml")
+    assert tax.category("length_bucket").allowed == ["concise", "medium", "long"]
+    assert tax.version != load_taxonomy("paper").version
+
+
+@pytest.mark.parametrize("path", TUNE_CONFIGS, ids=lambda p: p.name)
+def test_tune_configs_load(path):
+    from treasure.config import load_config
+    from treasure.tune.config import TuneConfig
+
+    cfg = load_config(TuneConfig, path, section="tune")
+    assert cfg.experiment
+
+
+def test_stage_sections_override_like_the_scripts():
+    from treasure.config import load_config
+    from treasure.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, REPO / "pipelines/configs/demo.yaml", ["markers=off", "output=runs/x"], section="train")
+    assert cfg.markers is False and cfg.output == "runs/x"
+    raw = yaml.safe_load((REPO / "pipelines/configs/demo.yaml").read_text())
+    assert set(raw) == {"pipeline", "normalize", "annotate", "train", "evaluate"}

@@ -44,6 +44,17 @@ class EngineConfig(StrictModel):
     num_threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads (None: torch's default).")
 
 
+# Temperatures below this decode greedily. Why: at such temperatures sampling is greedy anyway (the
+# top token's probability rounds to 1), and dividing logits by a tiny or denormal temperature (the
+# schema fuzz sent 5e-324) overflows to inf/NaN and crashes the sampler.
+MIN_SAMPLING_TEMPERATURE = 1e-3
+
+
+def effective_temperature(temperature: float) -> float:
+    """The temperature actually used: 0 (greedy) below MIN_SAMPLING_TEMPERATURE."""
+    return 0.0 if temperature < MIN_SAMPLING_TEMPERATURE else temperature
+
+
 class SamplingParams(StrictModel):
     """How to sample one completion."""
 
@@ -126,7 +137,7 @@ class TransformersEngine:
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
         }
-        if params.temperature > 0:
+        if effective_temperature(params.temperature) > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -257,7 +268,7 @@ class VLLMEngine:
 
     def generate(self, user_turns: list[str], params: SamplingParams) -> list[Generation]:
         sp = self._vllm.SamplingParams(
-            max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+            max_tokens=params.max_tokens, temperature=effective_temperature(params.temperature), top_p=params.top_p,
             seed=params.seed, stop=list(params.stop) or None,
         )
         texts = [self.chat_text(t) for t in user_turns]

@@ -18,3 +18,14 @@ def test_invisible_characters_before_a_tag_name_are_neutralized(taxonomy, attack
 def test_ordinary_brackets_with_invisible_characters_stay(taxonomy):
     text = "a <\u200b b, List<\u200bint>"
     assert neutralize(text, taxonomy) == text
+
+
+def test_denormal_temperature_decodes_greedily(tiny_checkpoint):
+    # Found by the schema fuzz: temperature=5e-324 (valid for the API's ge=0) reached the sampler,
+    # logits / temperature overflowed and the request ended in a 500.
+    from treasure.engine import EngineConfig, SamplingParams, load_engine
+
+    engine = load_engine(EngineConfig(model=str(tiny_checkpoint)))
+    tiny = engine.generate(["Say hi."], SamplingParams(max_tokens=3, temperature=5e-324, seed=1))
+    greedy = engine.generate(["Say hi."], SamplingParams(max_tokens=3, temperature=0.0))
+    assert tiny[0].text == greedy[0].text

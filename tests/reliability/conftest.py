@@ -11,7 +11,27 @@ import pytest
 from scenarios import annotate_fixtures, serving_fixtures
 
 annotate_mlflow = annotate_fixtures.annotate_mlflow
-serve_http = serving_fixtures.serve_http
+
+
+@pytest.fixture(scope="module")
+def serve_http(ray_local):
+    """Serve's HTTP proxy for this module's apps: the running one if another area's session fixture
+    already started Serve (its port wins; a second serve.start would be ignored), else a fresh one on
+    a free loopback port, shut down after the module so later areas can start their own."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    try:
+        client = _get_global_client(raise_if_no_controller_running=True)
+    except Exception:  # no Serve running in this cluster
+        client = None
+    if client is not None:
+        yield f"http://127.0.0.1:{client.http_config.port}"
+        return
+    port = serving_fixtures.free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
 serve_app = serving_fixtures.serve_app
 
 

@@ -37,7 +37,7 @@ def marker_strategy(tax):
 
 @pytest.mark.parametrize("tax", [TAX, ALT], ids=["TEMPLATE", "MARKER_LIST"])
 @given(data=st.data())
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_render_parse_round_trip(tax, data):
     markers = data.draw(marker_strategy(tax))
     expected = tax.validate_markers(markers)
@@ -102,7 +102,7 @@ def hostile_text(draw):
 
 
 @given(hostile_text())
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_user_text_never_parses_as_markers(text):
     safe = neutralize(text, TAX)
     assert neutralize(safe, TAX) == safe  # idempotent

@@ -5,6 +5,8 @@ PY := .venv/bin/python
 export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# A busy 2-core machine can miss Ray's default 30 s raylet registration window.
+export RAY_raylet_start_wait_time_s ?= 120
 
 .PHONY: setup demo test test-slow test-all reliability clean
 

@@ -14,6 +14,7 @@ os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
 
 
 @pytest.fixture(scope="session")
@@ -73,12 +74,26 @@ def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer, taxonomy):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray cluster for the whole test session, pinned to loopback, 2 CPUs."""
+    """One local Ray cluster for the whole test session, pinned to loopback, 2 CPUs.
+
+    Retried: Ray gives a new raylet a fixed window to register (RAY_raylet_start_wait_time_s, raised
+    above), which a busy 2-core machine can still miss ("The current node timed out during startup").
+    """
+    import time
+
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}, log_to_driver=False)
+    for attempt in range(3):
+        if ray.is_initialized():
+            break
+        try:
+            ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+                     runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}, log_to_driver=False)
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            time.sleep(5)
     yield ray
     ray.shutdown()
 

@@ -50,29 +50,3 @@ def check_record():
         return rec
 
     return check
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """tests/conftest.py's ray_local, with retries: Ray gives a new raylet a fixed 30 s to register,
-    which a busy 2-core machine can miss ("The current node timed out during startup")."""
-    import time
-
-    import ray
-
-    for attempt in range(3):
-        if ray.is_initialized():
-            break
-        try:
-            # The dashboard (needed by the state API of the train/tune fault tests) is the part that fails
-            # to start on an overloaded machine: the last attempt goes without it; these scenarios find
-            # actors by process (scenarios.alive_actor_pids), not through the state API.
-            ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=attempt < 2, dashboard_host="127.0.0.1",
-                     runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}, log_to_driver=False)
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
-            time.sleep(5)
-    yield ray
-    ray.shutdown()

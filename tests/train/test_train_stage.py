@@ -77,7 +77,16 @@ def test_baseline_on_two_workers_reads_two_shards(ray_local, tiny_train_config, 
     tags = mlflow.MlflowClient().get_run(summary["mlflow_run_id"]).data.tags
     shards = [tags["shard.rank0"], tags["shard.rank1"]]  # "rows:fingerprint of ids"
     assert shards[0] != shards[1]
-    assert sum(int(s.split(":")[0]) for s in shards) == 96
+    # Every training row lands on exactly one worker; the held-out split (evaluation's rows) on none.
+    import pyarrow.parquet as pq
+
+    from treasure.heldout import is_heldout
+
+    ids = [i for f in sorted((annotated_dir / "data").glob("*.parquet")) for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]
+    assert len(ids) == 96
+    trainable = [i for i in ids if not is_heldout(i, cfg.heldout_seed, cfg.heldout_fraction)]
+    assert 0 < len(trainable) < 96
+    assert sum(int(s.split(":")[0]) for s in shards) == len(trainable)
     losses = mlflow.MlflowClient().get_metric_history(summary["mlflow_run_id"], "loss")
     assert len(losses) == cfg.max_steps and all(math.isfinite(m.value) for m in losses)
     meta = json.loads((tmp_path / "ckpt" / "treasure.json").read_text())

@@ -122,3 +122,13 @@ def s3_bucket(s3_server, monkeypatch):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     yield f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """A private MLflow store (sqlite + local artifacts) for the session; yields the tracking URI."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
+        yield f"sqlite:///{root / 'mlflow.db'}"

@@ -1,22 +1,11 @@
-"""Fixtures of the corpus tests: an MLflow store and a file of bad rows.
+"""Fixtures of the corpus tests: a file of bad rows (the MLflow store is tests/conftest.py's `mlflow_store`).
 
 `s3_server` / `s3_bucket` live in tests/conftest.py.
 """
 
 from __future__ import annotations
 
-
 import pytest
-
-
-@pytest.fixture(scope="session")
-def mlflow_store(tmp_path_factory):
-    """A private MLflow store (sqlite + local artifacts) for the session; yields the tracking URI."""
-    root = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
-        yield f"sqlite:///{root / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Taxonomy: the paper's file loads, bad files fail with file/key/line, versions are stable."""
 
+import re
 import textwrap
 
 import pytest
@@ -93,3 +94,30 @@ def test_validate_markers(taxonomy):
         taxonomy.validate_markers({"length_tokens": "-3"})
     with pytest.raises(ValueError, match="finite"):
         taxonomy.validate_markers({"quality": "nan"})
+
+
+def test_block_selects_and_orders_block_categories(tmp_path):
+    from treasure.template import render_block, split_output
+
+    f = tmp_path / "short.yaml"
+    f.write_text("extends: paper\nblock: [length_bucket, domain, language]\n")
+    tax = load_taxonomy(f)
+    assert tax.block_names == ["length_bucket", "domain", "language"]
+    assert tax.names == load_taxonomy("paper").names  # every category is still annotated and validated
+    markers = {"language": "English", "length_tokens": 30, "domain": "Math", "length_bucket": "concise", "quality": 0.5}
+    assert render_block(markers, tax) == (
+        "<TEMPLATE><length_bucket>concise</length_bucket><domain>Math</domain><language>English</language></TEMPLATE>"
+    )
+    parsed = split_output("<TEMPLATE><language>English</language><length_tokens>3</length_tokens></TEMPLATE>\nhi", tax)
+    assert parsed.markers == {"language": "English"} and parsed.answer == "hi"
+    assert parsed.problems == ["category <length_tokens> is not part of the block"]
+    assert tax.version != load_taxonomy("paper").version
+
+
+@pytest.mark.parametrize("block, expect", [("[domain, nope]", "unknown: ['nope']"), ("[domain, domain]", "repeated: ['domain']"),
+                                           ("[]", "block must list")])
+def test_bad_block_fails_clearly(tmp_path, block, expect):
+    f = tmp_path / "bad.yaml"
+    f.write_text(f"extends: paper\nblock: {block}\n")
+    with pytest.raises(TaxonomyError, match=re.escape(expect)):
+        load_taxonomy(f)

@@ -156,6 +156,12 @@ class Taxonomy(BaseModel):
     name: str
     tag: str = Field("TEMPLATE", description="Wrapper tag of the marker block.")
     categories: list[Category]
+    block: list[str] | None = Field(
+        None,
+        description="Categories written into the marker block, in this order (default: every category, in "
+        "taxonomy order). The others are still annotated and kept with the data (e.g. as a bucket's source), "
+        "but a model never reads or writes them. A short block matters for small models with short contexts.",
+    )
 
     @field_validator("tag")
     @classmethod
@@ -176,11 +182,21 @@ class Taxonomy(BaseModel):
         for c in self.categories:
             if c.kind == "bucket" and (c.source not in by_name or by_name[c.source].kind != "int"):
                 raise ValueError(f"bucket category {c.name!r}: source {c.source!r} must be an int category")
+        if self.block is not None:
+            unknown = [n for n in self.block if n not in by_name]
+            twice = sorted({n for n in self.block if self.block.count(n) > 1})
+            if unknown or twice or not self.block:
+                raise ValueError(f"block must list known categories once each (unknown: {unknown}, repeated: {twice}, known: {names})")
         return self
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.categories]
+
+    @property
+    def block_names(self) -> list[str]:
+        """The categories of the marker block, in block order."""
+        return list(self.block) if self.block is not None else self.names
 
     def category(self, name: str) -> Category:
         for c in self.categories:
@@ -191,7 +207,10 @@ class Taxonomy(BaseModel):
     @property
     def version(self) -> str:
         """Stable 12-hex hash of the resolved taxonomy (independent of file layout and comments)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        content = self.model_dump(mode="json")
+        if content["block"] is None:
+            del content["block"]  # taxonomies without a `block:` keep the hash they had before it existed
+        blob = json.dumps(content, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def validate_markers(self, markers: dict[str, Any]) -> dict[str, str]:
@@ -200,6 +219,11 @@ class Taxonomy(BaseModel):
         if unknown:
             raise ValueError(f"unknown marker categories {unknown}; known: {self.names}")
         return {c.name: c.validate_value(markers[c.name]) for c in self.categories if c.name in markers}
+
+    def block_markers(self, markers: dict[str, Any]) -> dict[str, str]:
+        """The markers a block carries: validated, restricted to `block_names`, in block order."""
+        clean = self.validate_markers(markers)
+        return {n: clean[n] for n in self.block_names if n in clean}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False, allow_unicode=True)

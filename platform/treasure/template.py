@@ -3,11 +3,12 @@
 The grammar, in one place (ASCII only, no special tokens; the model's own tokenizer reads it):
 
     block    := "<" TAG ">" entry* "</" TAG ">"            TAG is the taxonomy's wrapper tag
-    entry    := "<" category ">" value "</" category ">"   categories in taxonomy order
+    entry    := "<" category ">" value "</" category ">"   block categories, in block order
     prompt   := user_text SEP block                        block appended to the user turn
     output   := block SEP answer                           block prepended to the assistant turn
 
-Rendering is canonical (no spaces, taxonomy order). Parsing tolerates whitespace around entries
+Rendering is canonical (no spaces, block order: the taxonomy's `block:` list, else taxonomy order;
+annotated categories outside the block are left out). Parsing tolerates whitespace around entries
 and between the block and the answer, but never invents values: an entry that does not
 validate against the taxonomy is reported as a problem and left out.
 
@@ -37,8 +38,8 @@ NEUTRAL_BRACKET = "\u2039"  # ‹
 
 
 def render_block(markers: dict[str, Any], taxonomy: Taxonomy) -> str:
-    """Canonical block for `markers` (validated, in taxonomy order). An empty dict gives ''."""
-    clean = taxonomy.validate_markers(markers)
+    """Canonical block for `markers` (validated, block categories in block order). An empty dict gives ''."""
+    clean = taxonomy.block_markers(markers)
     if not clean:
         return ""
     tag = taxonomy.tag
@@ -76,8 +77,8 @@ def parse_block_body(body: str, taxonomy: Taxonomy) -> tuple[dict[str, str], lis
             break
         pos = m.end()
         name, value = m.group("name"), m.group("value").strip()
-        if name not in taxonomy.names:
-            problems.append(f"unknown category <{name}>")
+        if name not in taxonomy.block_names:
+            problems.append(f"unknown category <{name}>" if name not in taxonomy.names else f"category <{name}> is not part of the block")
             continue
         if name in markers:
             problems.append(f"category <{name}> repeated; kept the first")
@@ -86,7 +87,7 @@ def parse_block_body(body: str, taxonomy: Taxonomy) -> tuple[dict[str, str], lis
             markers[name] = taxonomy.category(name).validate_value(value)
         except ValueError as e:
             problems.append(str(e))
-    order = {n: i for i, n in enumerate(taxonomy.names)}
+    order = {n: i for i, n in enumerate(taxonomy.block_names)}
     return dict(sorted(markers.items(), key=lambda kv: order[kv[0]])), problems
 
 

@@ -42,15 +42,20 @@ def _generate(requests: dict[str, list[dict]], folders: dict[str, str], config: 
 def plan(config: EvaluateConfig, taxonomy, held, counts, quality_reference) -> dict[str, list[dict]]:
     """Every request, per model (pure: no model needed)."""
     c = config.categories
+    outside = [cat for cat in [*c.inference_categories, *c.adherence_categories, config.length_control.length_marker]
+               if cat in taxonomy.names and cat not in taxonomy.block_names]
+    if outside:
+        raise ValueError(f"evaluate asks the model about {sorted(set(outside))}, which taxonomy {taxonomy.name!r} leaves out of "
+                         f"the marker block (block: {taxonomy.block_names})")
     plain_n = max(c.inference_prompts, config.win_rate.prompts)
     plain = inference.requests(sample(held, plain_n, config.seed, "plain"), taxonomy)
     lc = length_control.requests(sample(held, config.length_control.prompts, config.seed, "length"), config.length_control, taxonomy) \
         if config.length_control.prompts else {"baseline": [], "marked": []}
     adh_plan = {cat: adherence.values_to_test(cat, taxonomy, counts, c.adherence_max_values)
-                for cat in c.adherence_categories if cat in taxonomy.names} if c.adherence_prompts_per_value else {}
+                for cat in c.adherence_categories if cat in taxonomy.block_names} if c.adherence_prompts_per_value else {}
     adh = adherence.requests(sample(held, c.adherence_prompts_per_value, config.seed, "adherence"), adh_plan, taxonomy)
     quality = winrate.quality_requests(sample(held, config.win_rate.prompts, config.seed, "plain"), quality_reference, taxonomy) \
-        if config.win_rate.prompts and "quality_bucket" in taxonomy.names else []
+        if config.win_rate.prompts and "quality_bucket" in taxonomy.block_names else []
     return {"baseline": plain[: max(config.win_rate.prompts, 0)] + lc["baseline"], "marked": plain + lc["marked"] + adh + quality}
 
 

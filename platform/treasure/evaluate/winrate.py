@@ -22,12 +22,12 @@ BAND_CATEGORIES = ("domain", "task")
 def quality_markers(language: str | None, quality_reference: dict[str, float], taxonomy: Taxonomy) -> dict[str, str]:
     """quality_bucket 1, plus quality at bucket 1's p95 for the language (or the mean reference)."""
     markers = {"quality_bucket": "1"}
-    if "quality" in taxonomy.names and quality_reference:
+    if "quality" in taxonomy.block_names and quality_reference:
         ref = quality_reference.get(language or "")
         if ref is None:
             ref = sum(quality_reference.values()) / len(quality_reference)
         markers["quality"] = ref
-    return taxonomy.validate_markers(markers)
+    return taxonomy.block_markers(markers)
 
 
 def quality_requests(examples: list[Example], quality_reference: dict[str, float], taxonomy: Taxonomy) -> list[dict]:

@@ -37,26 +37,26 @@ class ChatShapeError(ValueError):
 def allowed_values(taxonomy: Taxonomy) -> dict[str, Any]:
     """{category: allowed values or a description of the numeric kind} for error messages and /v1/taxonomy."""
     out: dict[str, Any] = {}
-    for c in taxonomy.categories:
+    for c in map(taxonomy.category, taxonomy.block_names):  # only what the model reads and writes
         out[c.name] = c.allowed if c.allowed is not None else ("non-negative integer" if c.kind == "int" else "number")
     return out
 
 
 def validate_requested(markers: dict[str, Any], taxonomy: Taxonomy) -> dict[str, str]:
-    """Canonical requested markers in taxonomy order; MarkerError listing every bad entry."""
+    """Canonical requested markers in block order; MarkerError listing every bad entry."""
     problems = []
-    unknown = [k for k in markers if k not in taxonomy.names]
+    unknown = [k for k in markers if k not in taxonomy.block_names]
     if unknown:
-        problems.append(f"unknown marker categories {unknown}; allowed categories: {taxonomy.names}")
+        problems.append(f"unknown marker categories {unknown}; allowed categories: {taxonomy.block_names}")
     for name, value in markers.items():
-        if name in taxonomy.names:
+        if name in taxonomy.block_names:
             try:
                 taxonomy.category(name).validate_value(value)
             except ValueError as e:
                 problems.append(str(e))
     if problems:
         raise MarkerError(problems)
-    return taxonomy.validate_markers(markers)
+    return taxonomy.block_markers(markers)
 
 
 def user_turn_for_prompt(prompt: str, markers: dict[str, str], taxonomy: Taxonomy) -> str:

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import base_config, make_rows, write_normalized
+from annotate_corpus import base_config, make_rows, write_normalized
 from treasure import storage
 from treasure.annotate.config import AnnotateConfig
 from treasure.annotate.stage import run

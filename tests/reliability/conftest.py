@@ -8,9 +8,14 @@ import os
 
 import pytest
 
-from scenarios import annotate_fixtures, serving_fixtures
+from scenarios import serving_fixtures
 
-annotate_mlflow = annotate_fixtures.annotate_mlflow
+
+
+@pytest.fixture(scope="session")
+def annotate_mlflow(mlflow_store):
+    """The session's private MLflow store (tests/conftest.py), under the name the scenarios use."""
+    return mlflow_store
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def load_module(name: str, path: Path):
     return module
 
 
-annotate_fixtures = load_module("reliability_annotate_fixtures", REPO / "tests" / "annotate" / "conftest.py")
+annotate_fixtures = load_module("reliability_annotate_corpus", REPO / "tests" / "annotate" / "annotate_corpus.py")
 serving_fixtures = load_module("reliability_serving_fixtures", REPO / "tests" / "serving" / "conftest.py")
 
 

@@ -68,3 +68,64 @@ def test_spec_validation():
         ObjectiveTerm(metric="x", mode="max", weight=0)
     spec = ObjectiveSpec(terms=[ACC])
     assert spec.effective_round_terms() == [ACC]
+
+
+def evaluation_metrics():
+    """An evaluation's metrics.json, shaped by the evaluate stage's own helpers, with known counts."""
+    from treasure.evaluate.metrics import wilson, win_rate
+
+    def wins(k, n):  # k wins and n - k losses against the baseline
+        return win_rate(["win"] * k + ["loss"] * (n - k), n_resamples=20)
+
+    return {
+        "inference": {"bands": {
+            "domain": {"tail": wilson(3, 10).as_dict(), "head": wilson(8, 10).as_dict()},
+            "task": {"tail": wilson(1, 6).as_dict(), "head": wilson(12, 14).as_dict()},
+            "format": {"head": wilson(5, 5).as_dict()},  # no tail value held out: adds nothing to the tail pool
+        }},
+        "length_control": {"conditions": {"marked_instruction": wilson(9, 20).as_dict(),
+                                          "marked_marker": wilson(4, 20).as_dict()}},
+        "win_rates": {"marked_inferred": {"bands": {"domain": {"tail": wins(3, 4), "head": wins(1, 8)},
+                                                    "task": {"tail": wins(0, 0), "head": wins(2, 2)}}}},
+    }
+
+
+def test_longtail_metrics_by_hand():
+    from treasure.tune.longtail import longtail_metrics
+
+    m = longtail_metrics(evaluation_metrics())
+    assert m["longtail.inference.accuracy"] == pytest.approx((3 + 1) / (10 + 6))  # pooled hits / rows: 0.25
+    assert m["longtail.inference.head_accuracy"] == pytest.approx((8 + 12 + 5) / (10 + 14 + 5))
+    assert m["longtail.length.violation_rate"] == pytest.approx(4 / 20)  # marked_marker only
+    assert m["longtail.win_rate"] == pytest.approx(3 / 4)  # task's tail judged nothing: weight 0
+    empty = longtail_metrics({"inference": {"bands": {"domain": {"head": {"k": 1, "n": 2}}}}})
+    assert all(math.isnan(empty[k]) for k in ("longtail.inference.accuracy", "longtail.length.violation_rate",
+                                              "longtail.win_rate"))  # nothing measured is NaN, never 0
+
+
+def test_trial_report_objective_by_hand():
+    """The chain a real last round runs: evaluation + held-out loss → longtail metrics → report → objective."""
+    from treasure.tune.longtail import longtail_metrics
+    from treasure.tune.trial import build_report
+
+    spec = ObjectiveSpec(
+        terms=[ObjectiveTerm(metric="longtail.inference.accuracy", mode="max", weight=1.0),
+               ObjectiveTerm(metric="longtail.length.violation_rate", mode="min", weight=0.5),
+               ObjectiveTerm(metric="heldout.tail.loss", mode="min", weight=0.1)],
+        round_terms=[ObjectiveTerm(metric="heldout.tail.loss", mode="min")])
+    metrics = {"heldout": {"loss": 3.1, "tail": {"loss": 4.0, "rows": 12}}, **longtail_metrics(evaluation_metrics())}
+    first = build_report({"heldout": {"tail": {"loss": 4.5}}}, spec, 1, 2)
+    assert first["round_objective"] == pytest.approx(-4.5) and math.isnan(first["objective"])
+    last = build_report(metrics, spec, 2, 2)
+    # 1.0 * 0.25 - 0.5 * 0.20 - 0.1 * 4.0 = 0.25 - 0.10 - 0.40 = -0.25
+    assert last["objective"] == pytest.approx(-0.25) and last["round_objective"] == pytest.approx(-4.0)
+    assert last["longtail.inference.accuracy"] == pytest.approx(0.25) and last["heldout.tail.loss"] == 4.0
+
+
+@pytest.mark.parametrize("module", ["objective", "longtail", "rounds", "config", "trial", "heldout_loss", "search"])
+def test_tune_docstring_examples_hold(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"treasure.tune.{module}"), verbose=False)
+    assert result.attempted > 0 and result.failed == 0

@@ -45,6 +45,26 @@ def count_paragraphs(text: str) -> int:
     return sum(1 for block in BLANK_LINES.split(text) if block.strip())
 
 
+def count_words_sentences(doc) -> tuple[int, int]:
+    """(words, non-blank sentences) of a spaCy doc, read from its attribute arrays.
+
+    Why arrays: iterating Token objects in Python was ~20% of the rule annotators' time.
+    Words are tokens that are neither space nor punctuation; a sentence counts when it holds a
+    token that is not whitespace (the same as `s.text.strip()` being non-empty).
+    """
+    from spacy.attrs import IS_PUNCT, IS_SPACE, SENT_START
+
+    if len(doc) == 0:
+        return 0, 0
+    arr = doc.to_array([IS_SPACE, IS_PUNCT, SENT_START])
+    space = arr[:, 0] == 1
+    words = int((~space & (arr[:, 1] == 0)).sum())
+    starts = arr[:, 2] == 1
+    starts[0] = True  # the first token always opens a sentence
+    sentence_of = starts.cumsum()
+    return words, len(set(sentence_of[~space].tolist()))
+
+
 def length_markers(texts: list[str], language: str | None, bucket_category=None) -> list[dict[str, int | str]]:
     """length_tokens / length_sentences / length_paragraphs (+ length_bucket) for texts of one language.
 
@@ -53,10 +73,10 @@ def length_markers(texts: list[str], language: str | None, bucket_category=None)
     """
     out = []
     for doc, text in zip(pipeline(language).pipe(texts, batch_size=256), texts):
-        words = sum(1 for t in doc if not (t.is_space or t.is_punct))
+        words, sentences = count_words_sentences(doc)
         row: dict[str, int | str] = {
             "length_tokens": words,
-            "length_sentences": sum(1 for s in doc.sents if s.text.strip()),
+            "length_sentences": sentences,
             "length_paragraphs": count_paragraphs(text),
         }
         if bucket_category is not None:

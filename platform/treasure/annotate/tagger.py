@@ -14,6 +14,7 @@ reaches the data: anything outside the list becomes Unspecified with the raw ans
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -68,25 +69,31 @@ class CategoryPrompt:
         return prefix, suffix
 
 
-def build_prompt(taxonomy, category: str, version: str = "v1") -> CategoryPrompt:
-    """The category's prompt from the taxonomy's definitions and the prompt file's wording."""
+def build_prompt(taxonomy, category: str, version: str = "v1", *, definitions: bool = True, few_shot: bool = True) -> CategoryPrompt:
+    """The category's prompt from the taxonomy's definitions and the prompt file's wording.
+
+    `definitions=False` lists the class names only (no descriptions); `few_shot=False` drops the
+    examples. Both are measured variants (docs/annotation.md); the defaults are the paper's shape.
+    """
     spec = load_prompt_file(version)
     cat = taxonomy.category(category)
     if cat.kind != "enum":
         raise ValueError(f"the tagger answers enum categories only; {category!r} is {cat.kind}")
     labels = [v.value for v in cat.values]
-    definitions = "\n".join(f"{v.value}: {v.description or v.value}" for v in cat.values if v.value != UNSPECIFIED)
-    shots = spec.get("few_shot", {}).get(category, [])
+    classes = "\n".join((f"{v.value}: {v.description or v.value}" if definitions else v.value)
+                         for v in cat.values if v.value != UNSPECIFIED)
+    shots = spec.get("few_shot", {}).get(category, []) if few_shot else []
     for s in shots:
         if s["label"] not in labels and s["label"] != UNSPECIFIED:
             raise ValueError(f"prompt {version}: few-shot label {s['label']!r} is not a {category} value")
     examples = "".join(f"Text: {s['text']}\nAnswer: {s['label']}\n\n" for s in shots)
-    instruction = spec["instruction"].format(category=category, description=cat.description, definitions=definitions)
+    instruction = spec["instruction"].format(category=category, description=cat.description, definitions=classes)
     user_prefix = instruction + "\n\n" + (f"Examples:\n\n{examples}" if examples else "") + "Now the example to classify.\n"
     others = [lab for lab in labels if lab != UNSPECIFIED]
     rule = spec["answer_rule"].format(labels=", ".join(others))
     fields = tuple(spec.get("text_fields", {}).get(category, ["prompt"]))
-    return CategoryPrompt(category, version, spec["system"], user_prefix, rule, tuple(labels), fields)
+    variant = version + ("" if definitions else "+names") + ("" if few_shot else "+0shot")  # recorded in provenance
+    return CategoryPrompt(category, variant, spec["system"], user_prefix, rule, tuple(labels), fields)
 
 
 def row_text(prompt: CategoryPrompt, row: dict, max_chars: int) -> str:
@@ -147,3 +154,61 @@ def outcome(category: str, labels: tuple[str, ...], raw: str, confidence: float 
     if label is None and UNSPECIFIED in labels:
         return UNSPECIFIED, note
     return label, note
+
+
+# --- score mode: ranking the allowed labels by likelihood (pure; the engine supplies log-probs) ---
+
+# Content-free inputs of contextual calibration (Zhao et al. 2021, "Calibrate before use").
+CONTENT_FREE = ("N/A", "", "[MASK]")
+
+
+def label_scores(raw: list[tuple[float, int, float]], norm: str = "sum", end: bool = False) -> list[float]:
+    """One score per label from the engine's (summed token log-prob, token count, end-token log-prob).
+
+    `end=True` adds the log-prob of the end-of-answer token after the label, so a label that is
+    only the start of a longer answer ("Social" of "SocialSciences") is not favoured.
+    `norm="mean"` divides by the token count (length-normalized); `"sum"` keeps the total.
+
+    >>> label_scores([(-2.0, 2, -1.0), (-1.0, 1, -3.0)], "mean", end=True)
+    [-1.0, -2.0]
+    """
+    if norm not in ("sum", "mean"):
+        raise ValueError(f"score_norm must be sum or mean, not {norm!r}")
+    out = []
+    for logp, n, end_logp in raw:
+        total, count = logp + (end_logp if end else 0.0), n + (1 if end else 0)
+        out.append(total / max(count, 1) if norm == "mean" else total)
+    return out
+
+
+def log_normalize(scores: list[float]) -> list[float]:
+    """log softmax over the labels."""
+    top = max(scores)
+    z = top + math.log(sum(math.exp(s - top) for s in scores))
+    return [s - z for s in scores]
+
+
+def content_free_prior(raws: list[list[tuple[float, int, float]]], norm: str = "sum", end: bool = False) -> list[float]:
+    """log p_cf(label): the label distribution on content-free inputs, averaged in probability space."""
+    probs = [[math.exp(v) for v in log_normalize(label_scores(r, norm, end))] for r in raws]
+    return [math.log(sum(col) / len(col)) for col in zip(*probs)]
+
+
+def pick_label(raw: list[tuple[float, int, float]], norm: str = "sum", end: bool = False,
+               prior: list[float] | None = None) -> tuple[int, float]:
+    """(index of the best label, its softmax confidence); with `prior`, contextual calibration.
+
+    Calibration divides each label's probability by its content-free probability (subtracts
+    log p_cf), which removes the model's a-priori preference for some label names.
+
+    >>> pick_label([(-1.0, 1, 0.0), (-2.0, 1, 0.0)])[0]
+    0
+    >>> pick_label([(-1.0, 1, 0.0), (-2.0, 1, 0.0)], prior=[-0.1, -3.0])[0]
+    1
+    """
+    scores = log_normalize(label_scores(raw, norm, end))
+    if prior is not None:
+        scores = [s - p for s, p in zip(scores, prior)]
+    probs = [math.exp(v) for v in log_normalize(scores)]
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return best, probs[best]

@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import math
-
-from treasure.annotate.tagger import CategoryPrompt
+from treasure.annotate.tagger import CONTENT_FREE, CategoryPrompt, content_free_prior, pick_label
 
 
 def model_name(model: str) -> str:
@@ -77,14 +75,21 @@ def load_causal_lm(model: str):
 class TransformersEngine:
     name = "transformers"
 
-    def __init__(self, model: str = "smollm2", max_new_tokens: int = 8):
+    def __init__(self, model: str = "smollm2", max_new_tokens: int = 8, *, calibration: str = "none",
+                 score_norm: str = "sum", score_end: bool = False):
         import torch
 
         self.torch = torch
         self.model, self.tokenizer = load_causal_lm(model)
         self.model_name = model_name(model)
         self.max_new_tokens = max_new_tokens
+        self.calibration, self.score_norm, self.score_end = calibration, score_norm, score_end
+        end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.end_id = end if isinstance(end, int) and end != self.tokenizer.unk_token_id else self.tokenizer.eos_token_id
         self._prefix: dict[str, tuple] = {}  # category → (prefix length, cache, suffix template, label ids)
+        self._prior: dict[str, list[float]] = {}  # category → content-free log p(label)
+        # Tokens run through the model, by kind: shows the shared prefix is computed once per category.
+        self.tokens_run = {"prefix": 0, "row": 0, "label": 0, "generated": 0}
 
     def _render(self, messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -93,57 +98,81 @@ class TransformersEngine:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _prepared(self, prompt: CategoryPrompt):
-        """Run the shared prefix once per category; keep its KV cache."""
-        if prompt.category not in self._prefix:
+        """Run the shared prefix once per category (and prompt variant); keep its KV cache."""
+        key = f"{prompt.category}@{prompt.version}"
+        if key not in self._prefix:
             prefix, suffix = prompt.split_chat(self._render)
             ids = self.torch.tensor([self._ids(prefix)])
             with self.torch.no_grad():
                 out = self.model(ids, use_cache=True)
+            self.tokens_run["prefix"] += ids.shape[1]
             labels = [self._ids(lab) for lab in prompt.choices]
-            self._prefix[prompt.category] = (ids.shape[1], out.cache, suffix, labels)
-        return self._prefix[prompt.category]
+            self._prefix[key] = (ids.shape[1], out.cache, suffix, labels)
+        return self._prefix[key]
 
-    def answer(self, prompt: CategoryPrompt, texts: list[str], mode: str) -> list[tuple[str, float | None]]:
+    def label_logprobs(self, prompt: CategoryPrompt, texts: list[str]) -> list[list[tuple[float, int, float]]]:
+        """Per text, per choice: (summed log-prob of the label's tokens, token count, end-token log-prob)."""
         n_prefix, cache, suffix, labels = self._prepared(prompt)
         out = []
         for text in texts:
-            ids = self.torch.tensor([self._ids(text + suffix)])
             with self.torch.no_grad():
-                logits = self.model(ids, cache=cache, use_cache=True).logits[0, -1]
-                n_row = n_prefix + ids.shape[1]
-                if mode == "score":
-                    out.append(self._score(prompt, cache, n_row, logits, labels))
-                else:
-                    out.append((self._generate(cache, logits), None))
+                logits = self._row(cache, text + suffix)
+                out.append(self._label_logprobs(cache, n_prefix + len(self._ids(text + suffix)), logits, labels))
             crop(cache, n_prefix)  # back to the shared prefix for the next row
         return out
 
-    def _score(self, prompt, cache, n_row, logits, labels):
+    def content_free_prior(self, prompt: CategoryPrompt) -> list[float]:
+        """log p(label) on content-free inputs (tagger.CONTENT_FREE), once per category and variant."""
+        key = f"{prompt.category}@{prompt.version}/{self.score_norm}/{self.score_end}"
+        if key not in self._prior:
+            raws = self.label_logprobs(prompt, list(CONTENT_FREE))
+            self._prior[key] = content_free_prior(raws, self.score_norm, self.score_end)
+        return self._prior[key]
+
+    def answer(self, prompt: CategoryPrompt, texts: list[str], mode: str) -> list[tuple[str, float | None]]:
+        if mode == "score":
+            prior = self.content_free_prior(prompt) if self.calibration == "content_free" else None
+            picks = [pick_label(raw, self.score_norm, self.score_end, prior) for raw in self.label_logprobs(prompt, texts)]
+            return [(prompt.choices[i], conf) for i, conf in picks]
+        n_prefix, cache, suffix, _ = self._prepared(prompt)
+        out = []
+        for text in texts:
+            with self.torch.no_grad():
+                out.append((self._generate(cache, self._row(cache, text + suffix)), None))
+            crop(cache, n_prefix)
+        return out
+
+    def _row(self, cache, text: str):
+        """Run the row's own tokens on top of the cached prefix; logits of the last position."""
+        ids = self.torch.tensor([self._ids(text)])
+        self.tokens_run["row"] += ids.shape[1]
+        return self.model(ids, cache=cache, use_cache=True).logits[0, -1]
+
+    def _label_logprobs(self, cache, n_row, logits, labels):
+        """Each label's tokens (and the end token after it) scored on top of the row's cache."""
         torch = self.torch
         first = torch.log_softmax(logits, -1)
-        scores = []
+        out = []
         for ids in labels:
-            total = float(first[ids[0]])
-            if len(ids) > 1:
-                step = self.model(torch.tensor([ids[:-1]]), cache=cache, use_cache=True).logits[0]
-                logp = torch.log_softmax(step, -1)
-                total += float(sum(logp[i, t] for i, t in enumerate(ids[1:])))
-                crop(cache, n_row)
-            scores.append(total)
-        top = max(scores)
-        probs = [math.exp(s - top) for s in scores]
-        best = max(range(len(scores)), key=scores.__getitem__)
-        return prompt.choices[best], probs[best] / sum(probs)
+            # Feed the whole label: position k predicts token k+1, the last one the end-of-answer token.
+            step = self.model(torch.tensor([ids]), cache=cache, use_cache=True).logits[0]
+            self.tokens_run["label"] += len(ids)
+            logp = torch.log_softmax(step, -1)
+            total = float(first[ids[0]]) + float(sum(logp[i, t] for i, t in enumerate(ids[1:])))
+            out.append((total, len(ids), float(logp[-1, self.end_id])))
+            crop(cache, n_row)
+        return out
 
     def _generate(self, cache, logits) -> str:
         torch = self.torch
-        eos = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
+        eos = {self.tokenizer.eos_token_id, self.end_id}
         tokens: list[int] = []
         for _ in range(self.max_new_tokens):
             nxt = int(torch.argmax(logits))
             if nxt in eos:
                 break
             tokens.append(nxt)
+            self.tokens_run["generated"] += 1
             logits = self.model(torch.tensor([[nxt]]), cache=cache, use_cache=True).logits[0, -1]
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
@@ -177,9 +206,20 @@ class VLLMEngine:
         return [(r.outputs[0].text, None) for r in results]
 
 
-def load_engine(engine: str, model: str, max_new_tokens: int = 8):
+def load_engine(engine: str, model: str, max_new_tokens: int = 8, *, calibration: str = "none",
+                score_norm: str = "sum", score_end: bool = False):
+    """The tagger engine; `calibration`, `score_norm`, `score_end` shape score mode (see tagger.pick_label)."""
     if engine == "transformers":
-        return TransformersEngine(model, max_new_tokens)
+        return TransformersEngine(model, max_new_tokens, calibration=calibration, score_norm=score_norm, score_end=score_end)
     if engine == "vllm":
+        if (calibration, score_norm, score_end) != ("none", "sum", False):
+            # vLLM's score mode is constrained decoding, not label log-probs: these options have no meaning there.
+            raise ValueError("tagger engine vllm supports calibration: none, score_norm: sum, score_end: false only")
         return VLLMEngine(model, max_new_tokens)
     raise ValueError(f"unknown tagger engine {engine!r} (transformers, vllm)")
+
+
+def engine_for(tagger_config):
+    """The engine a `TaggerConfig` asks for."""
+    t = tagger_config
+    return load_engine(t.engine, t.model, t.max_new_tokens, calibration=t.calibration, score_norm=t.score_norm, score_end=t.score_end)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import lru_cache
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -42,11 +43,17 @@ def read_rows(file_uri: str, start: int, stop: int) -> list[dict]:
     return [{c: r.get(c) for c in INPUT_COLUMNS} for r in rows]
 
 
+@lru_cache(maxsize=4)
+def cached_taxonomy(ref: str):
+    """The taxonomy, parsed once per worker process (Ray reuses task workers; parsing costs ~50 ms a shard)."""
+    return load_taxonomy(ref)
+
+
 def read_and_annotate(spec: dict, *, config: dict, env: dict) -> pd.DataFrame:
     """Ray task body for one shard spec: read its rows, run the cheap annotators."""
     os.environ.update(env)  # S3 endpoint/credentials for workers started before the driver set them
     cfg = AnnotateConfig.model_validate(config)
-    taxonomy = load_taxonomy(cfg.taxonomy)
+    taxonomy = cached_taxonomy(cfg.taxonomy)
     rows = read_rows(spec["file"], spec["start"], spec["stop"])
     res = annotate_shard(rows, cfg, taxonomy, spec["tag_budget"])
     df = pd.DataFrame(rows, columns=INPUT_COLUMNS).astype(object)
@@ -64,6 +71,13 @@ def read_shard_batch(batch: pd.DataFrame, *, config: dict, env: dict) -> pd.Data
     return pd.concat(frames, ignore_index=True)
 
 
+def tagger_version(t) -> str:
+    """The engine/mode/scoring part of the tagger's provenance `version` (after the prompt variant)."""
+    if t.mode != "score":
+        return f"{t.engine}/{t.mode}"
+    return f"{t.engine}/score+{t.calibration}+{t.score_norm}" + ("+end" if t.score_end else "")
+
+
 class Tagger:
     """Actor: the LLM tagger over the rows chosen for it; everything else passes through."""
 
@@ -71,13 +85,16 @@ class Tagger:
         import torch
 
         from treasure.annotate.tagger import build_prompt
-        from treasure.annotate.tagger_engines import load_engine
+        from treasure.annotate.tagger_engines import engine_for
 
         self.cfg = AnnotateConfig.model_validate(config)
         torch.set_num_threads(max(1, int(self.cfg.tagger.pool.num_cpus)))
         taxonomy = load_taxonomy(self.cfg.taxonomy)
-        self.prompts = {c: build_prompt(taxonomy, c, self.cfg.tagger.prompt_version) for c in self.cfg.tagger.categories}
-        self.engine = load_engine(self.cfg.tagger.engine, self.cfg.tagger.model, self.cfg.tagger.max_new_tokens)
+        t = self.cfg.tagger
+        self.prompts = {c: build_prompt(taxonomy, c, t.prompt_version, definitions=t.definitions, few_shot=t.few_shot)
+                        for c in t.categories}
+        self.engine = engine_for(t)
+        self.version = tagger_version(t)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from treasure.annotate.tagger import outcome, row_text
@@ -95,7 +112,7 @@ class Tagger:
                     p = self.prompts[cat]
                     raw, conf = self.engine.answer(p, [row_text(p, row, t.max_prompt_chars)], t.mode)[0]
                     value, note = outcome(cat, p.labels, raw, conf, t.min_confidence)
-                    pv = prov("llm", self.engine.model_name, f"{t.prompt_version}/{t.engine}/{t.mode}",
+                    pv = prov("llm", self.engine.model_name, f"{p.version}/{self.version}",
                               None if conf is None else round(conf, 4), raw[:200], note)
                     added.append(Candidate(cat, value, pv))
             except Exception as e:  # a tagger failure is a per-row outcome, recorded in the errors table

@@ -10,6 +10,8 @@ The same script runs anywhere ("one command, any cluster"):
   every worker without installing it there: the repository as ``working_dir`` (scripts, configs)
   and ``platform/treasure`` as a ``py_modules`` entry. Only non-secret environment settings are
   forwarded; credentials come from the nodes themselves (instance role, Kubernetes secret).
+- ``custom_resources()`` validates the ``resources`` placement fields of stage configs (custom
+  Ray resources such as ``annotate_node`` that only some nodes offer).
 - ``placement_problem()`` (pure) and ``check_placement()`` (reads the live cluster) fail fast with
   a message that says what to change when a requested set of resource bundles cannot be placed,
   instead of letting Ray wait forever for resources that will never appear.
@@ -36,6 +38,40 @@ FORWARDED_ENV = (
 )
 # What the job upload leaves out (Ray also honours .gitignore): environments, outputs, caches.
 UPLOAD_EXCLUDES = [".venv/", "runs/", ".git/", "**/__pycache__/", ".pytest_cache/", ".hypothesis/", "*.egg-info/"]
+
+
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def custom_resources(resources: Mapping[str, float]) -> dict[str, float]:
+    """Validate a stage's placement field: custom Ray resources only, positive amounts.
+
+    Stage configs use it for `resources` fields (e.g. ``{annotate_node: 0.01}``): a node started
+    with ``ray start --resources '{"annotate_node": 1}'`` (or a launcher / KubeRay worker group
+    with that resource) is then the only place those actors or workers run. CPU and GPU have
+    their own fields in every stage config.
+
+    >>> custom_resources({"annotate_node": 0.01})
+    {'annotate_node': 0.01}
+    >>> custom_resources({"CPU": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: resources ['CPU'] have their own fields (CPUs / GPUs per actor or worker); resources holds custom ones
+    """
+    reserved = sorted(k for k in resources if k in RESERVED_RESOURCES)
+    if reserved:
+        raise ValueError(f"resources {reserved} have their own fields (CPUs / GPUs per actor or worker); "
+                         "resources holds custom ones")
+    bad = sorted(k for k, v in resources.items() if not v > 0)
+    if bad:
+        raise ValueError(f"resources {bad} must be positive amounts")
+    return dict(resources)
+
+
+def unset(value: Any) -> bool:
+    """`exclude_if` of placement fields: left empty, they stay out of a config's recorded dump, so
+    outputs committed before the field existed still match their config and a rerun reuses them."""
+    return not value
 
 
 class PlacementError(RuntimeError):

@@ -32,6 +32,12 @@ class PipelineSection(StrictModel):
     baseline_output: str = Field(description="Checkpoint folder of the baseline (the `train` section with markers off).")
     stages: list[str] = Field(default_factory=lambda: list(STAGES), description=f"Stages to run, in order; any of {list(STAGES)}.")
     registered_alias: str = Field("candidate", description="MLflow alias set on the marked model version after evaluation.")
+    root: str | None = Field(None, description="Folder (local path or s3:// URI) that every relative stage path resolves "
+                             "against instead of the working directory: stage outputs, the inputs one stage reads from "
+                             "another, the checkpoints (also as evaluate.win_rate.judge.model when the judge is one of them), and "
+                             "train.model.tokenizer_cache (local roots only; unset, it stays as written). "
+                             "normalize.input (the bundled sources) still resolves against the working directory. "
+                             "One override moves a whole run elsewhere, e.g. `pipeline.root=/tmp/ci-run`.")
 
     @model_validator(mode="after")
     def _known(self) -> "PipelineSection":
@@ -80,6 +86,7 @@ class PipelineConfig(StrictModel):
 
         Local relative paths become absolute here, in the driver: Ray workers may run in another
         working directory (a job's runtime_env), and must still write where the driver reads.
+        With `pipeline.root` set they are placed under that root instead (normalize.input excepted).
         """
         exp = {"experiment": self.pipeline.experiment}
         marked = self.train.model_copy(update=exp)
@@ -91,18 +98,55 @@ class PipelineConfig(StrictModel):
             "train_marked": marked,
             "evaluate": self.evaluate.model_copy(update=exp),
         }
-        return {name: _absolute_paths(cfg) for name, cfg in configs.items()}
+        root = self.pipeline.root
+        out = {}
+        for name, cfg in configs.items():
+            # The bundled sources ship with the code (the job's working_dir), not with the run's outputs.
+            keep = ("input",) if name == "normalize" else ()
+            out[name] = _absolute_paths(cfg, root, keep)
+        # A judge that is one of this run's own checkpoints (the CI config's cheap judge) moves with it.
+        ev = out["evaluate"]
+        judge = ev.win_rate.judge
+        own = {self.train.output.rstrip("/"): out["train_marked"].output,
+               self.pipeline.baseline_output.rstrip("/"): out["train_baseline"].output}
+        if judge.model.rstrip("/") in own:
+            judge = judge.model_copy(update={"model": own[judge.model.rstrip("/")]})
+            out["evaluate"] = ev.model_copy(update={"win_rate": ev.win_rate.model_copy(update={"judge": judge})})
+        if root and "://" not in root:  # the tokenizer cache is a local folder of the driver
+            for name in ("train_baseline", "train_marked"):
+                cfg = out[name]
+                cache = resolve_path(cfg.model.tokenizer_cache, root)
+                out[name] = cfg.model_copy(update={"model": cfg.model.model_copy(update={"tokenizer_cache": cache})})
+        return out
 
 
 PATH_FIELDS = ("input", "output", "baseline", "marked")
 
 
-def _absolute_paths(cfg: StrictModel) -> StrictModel:
+def resolve_path(value: str, root: str | None = None) -> str:
+    """A stage path as the driver hands it to workers: URIs and absolute paths unchanged, a relative
+    path under `root` when given, else absolute from the working directory.
+
+    >>> resolve_path("s3://b/x", "/r"), resolve_path("/abs", "/r"), resolve_path("runs/ci/eval", "s3://b/p")
+    ('s3://b/x', '/abs', 's3://b/p/runs/ci/eval')
+    >>> resolve_path("runs/a", "/tmp/r")
+    '/tmp/r/runs/a'
+    """
+    if "://" in value or Path(value).is_absolute():
+        return value
+    if root is None:
+        return str(Path(value).resolve())
+    if "://" in root:
+        return "/".join([root.rstrip("/"), value.strip("/")])
+    return str((Path(root) / value).resolve())
+
+
+def _absolute_paths(cfg: StrictModel, root: str | None = None, keep: tuple[str, ...] = ()) -> StrictModel:
     update = {}
     for field in PATH_FIELDS:
         value = getattr(cfg, field, None)
-        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
-            update[field] = str(Path(value).resolve())
+        if isinstance(value, str):
+            update[field] = resolve_path(value, None if field in keep else root)
     return cfg.model_copy(update=update)
 
 

@@ -1,17 +1,23 @@
-"""Three Ray nodes on one machine (ray.cluster_utils.Cluster), then the CI workload across them.
+"""Three Ray nodes on one machine (ray.cluster_utils.Cluster), then the CI pipeline placed across them.
 
-    .venv/bin/python tests/infra/infra_multinode.py [--rows 32] [--steps 2]
+    .venv/bin/python tests/infra/infra_multinode.py --root /tmp/mn [extra key=value overrides]
 
-The head has 1 CPU and no custom resources; node "annotate" offers `annotate_node`, node "train"
-offers `train_node` (2 CPUs), so annotation actors and training workers must land on different
-nodes. First it checks that the fail-fast placement check refuses 3 training workers on a node
-with room for 2, then runs infra_ci_workload. Prints "nodes: {json}", "placement_check: ..." and
-the workload's "summary: {json}". Runs in its own process (the test starts it) with its own
-RAY_TMPDIR, so no other Ray user on the machine can find or join this cluster.
+The head has 1 CPU and no custom resources; node "annotate" offers `annotate_node` (1 CPU), node
+"train" offers `train_node` (2 CPUs). The pipeline (pipelines/configs/ci.yaml, run in this process
+with treasure.pipeline.run_pipeline against the cluster's address) pins annotation tasks and
+actors and the evaluation engine actor to `annotate_node` and its 2 training workers to
+`train_node`, through the stage configs' placement fields. First the fail-fast placement check
+must refuse 3 such workers (the train node has room for 2).
+
+Prints "nodes: {json}", "placement_check: ...", the pipeline's progress lines, then
+"actors: {json}" (class name → node ids of every actor the cluster ran, from the Ray state API),
+"rule_tasks: [node ids]" (where the read + rule annotator tasks ran) and "summary: {json}". Runs in its own process (the test starts it) with its own RAY_TMPDIR, so no
+other Ray user on the machine can find or join this cluster.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -27,11 +33,42 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import infra_ci_workload  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+PLACEMENT = [
+    "annotate.rule_resources={annotate_node: 0.01}",
+    "annotate.quality.pool.resources={annotate_node: 0.01}",
+    "evaluate.generation.resources={annotate_node: 0.01}",
+    "train.num_workers=2",
+    "train.cpus_per_worker=1",
+    "train.worker_resources={train_node: 1}",
+]
+
+
+def actor_nodes() -> dict[str, list[str]]:
+    """Class name → sorted node ids of every actor the cluster has run (alive or dead), from the state API."""
+    from ray.util.state import list_actors
+
+    found: dict[str, list[str]] = {}
+    for a in list_actors(limit=10_000, raise_on_missing_output=False):
+        found.setdefault(a.class_name, []).append(a.node_id)
+    return {k: sorted(v) for k, v in found.items()}
+
+
+def task_nodes(contains: str) -> list[str]:
+    """Node ids of every task attempt whose name contains `contains`, from the state API."""
+    from ray.util.state import list_tasks
+
+    return sorted({t.node_id for t in list_tasks(limit=10_000, raise_on_missing_output=False)
+                   if contains in (t.name or "") and t.node_id})
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="pipeline.root: where every output of the run goes")
+    parser.add_argument("overrides", nargs="*", help="extra key=value overrides of pipelines/configs/ci.yaml")
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.root).resolve() / 'mlflow.db'}")
+
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": None})
     try:
@@ -43,15 +80,25 @@ def main() -> None:
         print("nodes: " + json.dumps(nodes), flush=True)
 
         from treasure.cluster import PlacementError, check_placement, init_ray
+        from treasure.config import load_config
+        from treasure.pipeline import PipelineConfig, run_pipeline, summary_table
 
+        os.chdir(REPO)  # normalize.input (the bundled sources) is relative to the repository
+        config = load_config(PipelineConfig, REPO / "pipelines/configs/ci.yaml",
+                             [f"pipeline.root={args.root}", "pipeline.run_name=multinode", *PLACEMENT, *args.overrides])
         init_ray()
         try:
-            check_placement([{"CPU": 1, "train_node": 1}] * 3, "training workers", "lower --train-workers")
+            check_placement([config.train.resources_per_worker] * 3, "training workers", "lower train.num_workers")
             print("placement_check: accepted", flush=True)
         except PlacementError as e:
             print(f"placement_check: refused: {e}", flush=True)
-        infra_ci_workload.main(sys.argv[1:] + ["--annotate-resource", "annotate_node",
-                                               "--train-resource", "train_node"])
+        summaries = run_pipeline(config, log=lambda line: print(line, flush=True))
+        print("\n" + summary_table(summaries), flush=True)
+        print("actors: " + json.dumps(actor_nodes()), flush=True)
+        print("rule_tasks: " + json.dumps(task_nodes("read_shard_batch")), flush=True)
+        print("summary: " + json.dumps({k: {"output": v.get("output"), "manifest_id": v.get("manifest_id"),
+                                            "mlflow_run_id": v.get("mlflow_run_id")} for k, v in summaries.items()}),
+              flush=True)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -59,3 +106,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    sys.exit(0)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from treasure.cluster import custom_resources, unset
 from treasure.config import StrictModel
 
 SOURCES = ("rule", "metadata", "llm", "reward")
@@ -44,6 +45,15 @@ class ActorPool(StrictModel):
     batch_size: int = Field(16, ge=1, le=4096, description="Rows per batch handed to an actor.")
     num_cpus: float = Field(1.0, ge=0.0, le=64.0, description="CPUs reserved per actor (keep concurrency*num_cpus below the cluster's CPUs).")
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per actor.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, exclude_if=unset,
+        description="Custom Ray resources per actor, e.g. {annotate_node: 0.01}: the actors only start on nodes that "
+        "offer them (a cluster pins annotation to some nodes this way). Empty: any node.")
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        return custom_resources(resources)
 
 
 class TaggerConfig(StrictModel):
@@ -93,6 +103,9 @@ class AnnotateConfig(StrictModel):
     force: bool = Field(False, description="Recompute even if output holds a manifest with this config.")
     shard_rows: int = Field(2000, ge=1, le=10_000_000, description="Target rows per shard (the unit of resume).")
     rule_num_cpus: float = Field(0.5, gt=0.0, le=64.0, description="CPUs per read + rule annotator task (fractional so actors never starve them).")
+    rule_resources: dict[str, float] = Field(
+        default_factory=dict, exclude_if=unset,
+        description="Custom Ray resources per read + rule annotator task, e.g. {annotate_node: 0.01} (see ActorPool.resources). Empty: any node.")
     rules: RulesConfig = Field(default_factory=RulesConfig, description="Rule annotators.")
     metadata: dict[str, SourceMapping] = Field(default_factory=dict, description="Per-source metadata → markers mapping.")
     langid: LangIdConfig = Field(default_factory=LangIdConfig, description="Language identification.")
@@ -103,6 +116,11 @@ class AnnotateConfig(StrictModel):
         description="Which source wins per category ('default' for the rest); earlier wins.",
     )
     tail_share: float = Field(0.05, gt=0, lt=1, description="Report: values under this share of rows form the tail band.")
+
+    @field_validator("rule_resources")
+    @classmethod
+    def _rule_custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        return custom_resources(resources)
 
     @model_validator(mode="after")
     def _precedence_default(self) -> "AnnotateConfig":

@@ -108,6 +108,21 @@ def check_resources(cfg: AnnotateConfig, cpus: float) -> None:
             "lower concurrency or num_cpus (fractions are fine)")
 
 
+def placement_bundles(cfg: AnnotateConfig) -> list[dict[str, float]]:
+    """What runs at once: one read + rule task and every actor of each pool, with their placement resources.
+
+    >>> cfg = AnnotateConfig(input="a", output="b", tagger={"enabled": False}, rule_resources={"annotate_node": 0.01},
+    ...                      quality={"pool": {"num_cpus": 0.5, "resources": {"annotate_node": 0.01}}})
+    >>> placement_bundles(cfg)
+    [{'CPU': 0.5, 'annotate_node': 0.01}, {'CPU': 0.5, 'GPU': 0.0, 'annotate_node': 0.01}]
+    """
+    bundles = [{"CPU": cfg.rule_num_cpus, **cfg.rule_resources}]
+    pools = ([cfg.tagger.pool] if cfg.tagger.enabled else []) + [cfg.quality.pool]
+    for p in pools:
+        bundles += [{"CPU": p.num_cpus, "GPU": p.num_gpus, **p.resources}] * p.concurrency
+    return bundles
+
+
 def build_dataset(cfg: AnnotateConfig, specs: list[dict]):
     import ray
 
@@ -117,21 +132,26 @@ def build_dataset(cfg: AnnotateConfig, specs: list[dict]):
     env = {k: os.environ[k] for k in S3_ENV if k in os.environ}
     ds = ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
     ds = ds.map_batches(read_shard_batch, batch_size=1, batch_format="pandas", num_cpus=cfg.rule_num_cpus,
-                        fn_kwargs={"config": config, "env": env})
+                        resources=cfg.rule_resources or None, fn_kwargs={"config": config, "env": env})
     if cfg.tagger.enabled and any(s["tag_budget"] for s in specs):
         p = cfg.tagger.pool
         ds = ds.map_batches(Tagger, fn_constructor_kwargs={"config": config}, batch_size=p.batch_size, batch_format="pandas",
-                            concurrency=p.concurrency, num_cpus=p.num_cpus, num_gpus=p.num_gpus)
+                            concurrency=p.concurrency, num_cpus=p.num_cpus, num_gpus=p.num_gpus, resources=p.resources or None)
     q = cfg.quality.pool
     return ds.map_batches(Finisher, fn_constructor_kwargs={"config": config}, batch_size=q.batch_size, batch_format="pandas",
-                          concurrency=q.concurrency, num_cpus=q.num_cpus, num_gpus=q.num_gpus)
+                          concurrency=q.concurrency, num_cpus=q.num_cpus, num_gpus=q.num_gpus, resources=q.resources or None)
 
 
 def annotate_shards(cfg: AnnotateConfig, todo: list[dict], crash_after_shards: int | None = None) -> int:
     """Run the Ray Data pipeline over unfinished shards; the driver writes each shard as it completes."""
     import ray
 
+    from treasure.cluster import check_placement
+
     check_resources(cfg, ray.cluster_resources().get("CPU", 0))
+    # Pinned pools (custom resources) must fit the nodes that offer them, or Ray waits forever.
+    check_placement(placement_bundles(cfg), "annotate tasks and actors",
+                    "lower the pools' concurrency / num_cpus, or start nodes with the resources they name")
     expected = {s["shard"]: s["stop"] - s["start"] for s in todo}
     pending: dict[str, list[pd.DataFrame]] = {}
     written, t0 = 0, time.monotonic()

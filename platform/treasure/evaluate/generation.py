@@ -68,11 +68,13 @@ class EngineActor:
 
 
 def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: dict[str, bool], params: SamplingParams, taxonomy: Taxonomy, *,
-                  num_actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, batch_size: int = 16) -> list[dict]:
+                  num_actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, batch_size: int = 16,
+                  resources: dict[str, float] | None = None) -> list[dict]:
     """Generate for every request row over one Ray Data actor pool; rows come back in order, with their own columns.
 
     Each row needs `request_id` (unique per model), `model` (a key of `engines`) and `user_turn`; its other
-    columns travel untouched (Ray Data only sees the three columns above).
+    columns travel untouched (Ray Data only sees the three columns above). `resources` (custom Ray
+    resources per actor) pins the actors to the nodes that offer them.
     """
     import ray
 
@@ -90,7 +92,7 @@ def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: di
         fn_constructor_kwargs={"engines": {k: c.model_dump() for k, c in engines.items()}, "marked": marked,
                                "params": params.model_dump(), "taxonomy": taxonomy},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None,
+        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None, resources=resources or None,
     )
     got = {r["request_id"]: {k: _plain(v) for k, v in r.items()} for r in ds.take_all()}
     missing = [i for i in ids if i not in got]

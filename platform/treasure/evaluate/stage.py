@@ -36,7 +36,8 @@ def _generate(requests: dict[str, list[dict]], folders: dict[str, str], config: 
     engines = {name: EngineConfig(model=folder, backend=g.backend, device=g.device, batch_size=g.batch_size) for name, folder in folders.items()}
     rows = [{**r, "model": name} for name, rs in requests.items() for r in rs]
     return generate_rows(rows, engines, {"baseline": False, "marked": True}, g.sampling, taxonomy, num_actors=g.num_actors,
-                         cpus_per_actor=g.cpus_per_actor, gpus_per_actor=g.gpus_per_actor, batch_size=g.batch_size)
+                         cpus_per_actor=g.cpus_per_actor, gpus_per_actor=g.gpus_per_actor, batch_size=g.batch_size,
+                         resources=g.resources)
 
 
 def plan(config: EvaluateConfig, taxonomy, held, counts, quality_reference) -> dict[str, list[dict]]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from treasure.cluster import custom_resources, unset
 from treasure.config import StrictModel
 from treasure.dropout import DropoutConfig
 
@@ -86,12 +87,21 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks).")
     cpus_per_worker: int = Field(2, ge=1, le=256, description="CPUs each worker reserves (= torch threads on CPU).")
     use_gpu: bool = Field(False, description="One GPU per worker, bf16 autocast, NCCL.")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, exclude_if=unset,
+        description="Custom Ray resources each worker reserves besides its CPUs / GPU (ScalingConfig.resources_per_worker), "
+        "e.g. {train_node: 1}: workers then only start on nodes that offer them. Empty: any node.")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data parallel (ddp) or sharded (fsdp, GPU).")
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (and at the last step).")
     keep_checkpoints: int = Field(2, ge=1, le=100, description="Intermediate checkpoints Ray keeps.")
     max_failures: int = Field(2, ge=0, le=100, description="Worker-group restarts from the last checkpoint.")
     log_every: int = Field(10, ge=1, description="Steps between MLflow metric writes (every step is logged).")
     force: bool = Field(False, description="Retrain even if `output` holds a checkpoint of this exact config.")
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        return custom_resources(resources)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
@@ -104,3 +114,12 @@ class TrainConfig(StrictModel):
     @property
     def model_name(self) -> str:
         return self.registered_model or ("treasure-marked" if self.markers else "treasure-baseline")
+
+    @property
+    def resources_per_worker(self) -> dict[str, float]:
+        """ScalingConfig.resources_per_worker: CPUs, the GPU when used, and the placement resources.
+
+        >>> TrainConfig(input="a", output="b", cpus_per_worker=1, worker_resources={"train_node": 1}).resources_per_worker
+        {'CPU': 1, 'train_node': 1.0}
+        """
+        return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {}), **self.worker_resources}

@@ -86,6 +86,11 @@ def _check_resources(config: TrainConfig) -> None:
         raise RuntimeError(f"train needs {need_cpu} CPUs{f' and {config.num_workers} GPUs' if config.use_gpu else ''}"
                            f" but the cluster has {have.get('CPU', 0)} CPUs / {have.get('GPU', 0)} GPUs; "
                            "lower num_workers / cpus_per_worker (an over-asking trainer waits forever)")
+    if config.worker_resources:  # pinned workers must fit the nodes that offer the resource, per node
+        from treasure.cluster import check_placement
+
+        check_placement([config.resources_per_worker] * config.num_workers, "training workers",
+                        "lower train.num_workers / cpus_per_worker, or start nodes with train.worker_resources")
 
 
 def _ray_storage(uri: str):
@@ -112,7 +117,7 @@ def _trainer(config: TrainConfig, ds, loop_config: dict, run_name: str):
     from treasure.train.loop import train_loop_per_worker
 
     fs, path = _ray_storage(storage.join(config.output, "_ray"))
-    resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
+    resources = config.resources_per_worker
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),

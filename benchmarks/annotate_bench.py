@@ -35,12 +35,13 @@ class RuleAnnotator:
             annotate_shard(warm_rows, self.cfg, self.taxonomy, 0)
 
     def __call__(self, batch):
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         rows = batch.to_pylist() if hasattr(batch, "to_pylist") else batch.to_dict("records")
         res = annotate_shard(rows, self.cfg, self.taxonomy, 0)
         n = len(rows)
+        # process_time: CPU this process got during the batch; below the wall time = it waited for a core.
         return {"id": [r["id"] for r in rows], "n": [len(c) for c in res.candidates],
-                "t0": [t0] * n, "t1": [time.time()] * n, "pid": [os.getpid()] * n}
+                "t0": [t0] * n, "t1": [time.time()] * n, "cpu": [time.process_time() - c0] * n, "pid": [os.getpid()] * n}
 
 
 def load_rows(cfg: AnnotateConfig, n: int) -> list[dict]:
@@ -91,27 +92,52 @@ def bench_loop(cfg: AnnotateConfig, rows: list[dict], batch_size: int) -> dict:
     return {"loop_rows_per_s": len(rows) / loop_s, "mp2_rows_per_s": len(rows) / mp_s, "mp2_over_loop": loop_s / mp_s}
 
 
-def bench_ray(cfg: AnnotateConfig, rows: list[dict], batch_size: int, batch_format: str, loop_rows_per_s: float) -> dict:
-    """Ray Data, 2 actors of 1 CPU, blocks of `batch_size` rows: end-to-end and steady-state rows/s."""
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """pid → (short name, CPU seconds so far) of every process on the machine."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])[:60] or p.info["name"]
+            out[p.pid] = (cmd, p.info["cpu_times"].user + p.info["cpu_times"].system)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError, AttributeError):
+            continue
+    return out
+
+
+def cpu_spent(before: dict, after: dict, top: int = 6) -> list[tuple[str, float]]:
+    """The processes that used the most CPU between two snapshots (seconds)."""
+    spent = [(after[pid][0], round(after[pid][1] - before.get(pid, ("", 0.0))[1], 2)) for pid in after]
+    return sorted(spent, key=lambda x: -x[1])[:top]
+
+
+def bench_ray(cfg: AnnotateConfig, rows: list[dict], batch_size: int, batch_format: str, loop_rows_per_s: float,
+              actors: int = 2) -> dict:
+    """Ray Data, `actors` actors of 1 CPU, blocks of `batch_size` rows: end-to-end and steady-state rows/s."""
     import pyarrow as pa
     import ray
 
     # One block per batch, built directly (no repartition shuffle), materialized before timing.
     table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
     ds = ray.data.from_arrow([table.slice(k, batch_size) for k in range(0, len(rows), batch_size)]).materialize()
-    t0 = time.time()
+    before, t0 = cpu_by_process(), time.time()
     out = ds.map_batches(RuleAnnotator, fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "warm_rows": warm_sample(rows)},
-                         batch_size=batch_size, batch_format=batch_format, concurrency=2, num_cpus=1).materialize()
+                         batch_size=batch_size, batch_format=batch_format, concurrency=actors, num_cpus=1).materialize()
     end_to_end_s = time.time() - t0
+    spent = cpu_spent(before, cpu_by_process())
     stats = out.to_pandas()
-    assert len(stats) == len(rows) and stats["pid"].nunique() == 2
-    per_batch = stats.groupby(["pid", "t0"])["t1"].first().reset_index()
+    assert len(stats) == len(rows) and stats["pid"].nunique() == actors
+    per_batch = stats.groupby(["pid", "t0"])[["t1", "cpu"]].first().reset_index()
     steady_s = float(stats["t1"].max() - stats["t0"].min())
     busy_s = float((per_batch["t1"] - per_batch["t0"]).sum())
-    return {"batch_size": batch_size, "batch_format": batch_format, "blocks": len(per_batch),
+    return {"actors": actors, "batch_size": batch_size, "batch_format": batch_format, "blocks": len(per_batch),
+            "actor_cpu_over_wall": round(float(per_batch["cpu"].sum()) / busy_s, 3),  # < 1: actors waited for a core
+            "per_actor_rows_per_s_in_call": round(len(rows) / busy_s, 1),
+            "cpu_seconds_top_processes": spent,
             "end_to_end_rows_per_s": len(rows) / end_to_end_s, "steady_rows_per_s": len(rows) / steady_s,
             "startup_s": round(float(stats["t0"].min() - t0), 2),
-            "actor_busy_share": round(busy_s / (2 * steady_s), 3),  # 1.0 = no idle gap between batches
+            "actor_busy_share": round(busy_s / (actors * steady_s), 3),  # 1.0 = no idle gap between batches
             "end_to_end_over_loop": len(rows) / end_to_end_s / loop_rows_per_s,
             "steady_over_loop": len(rows) / steady_s / loop_rows_per_s}
 
@@ -161,6 +187,8 @@ if __name__ == "__main__":
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--batch-sizes", default="500,2500", help="Ray Data block/batch sizes to compare")
     ap.add_argument("--loop-batch-size", type=int, default=500)
+    ap.add_argument("--formats", default="pandas,pyarrow", help="Ray Data batch formats to compare")
+    ap.add_argument("--actors", default="2", help="actor counts to compare, e.g. 1,2")
     ap.add_argument("--tagger-rows", type=int, default=16)
     args = ap.parse_args()
     cfg = load_config(AnnotateConfig, args.config, section="annotate")
@@ -171,10 +199,11 @@ if __name__ == "__main__":
              runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     rules["ray"] = []
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
-        for fmt in ("pandas", "pyarrow"):
-            rules["ray"].append(bench_ray(cfg, rows, bs, fmt, rules["loop_rows_per_s"]))
-            print(json.dumps(rules["ray"][-1]), flush=True)
+    for actors in [int(a) for a in args.actors.split(",")]:
+        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+            for fmt in args.formats.split(","):
+                rules["ray"].append(bench_ray(cfg, rows, bs, fmt, rules["loop_rows_per_s"], actors))
+                print(json.dumps(rules["ray"][-1]), flush=True)
     result = {"rules": rules}
     if args.tagger_rows:
         result["tagger"] = bench_tagger(cfg, rows[: args.tagger_rows])

@@ -149,18 +149,27 @@ class TransformersEngine:
         return self.model(ids, cache=cache, use_cache=True).logits[0, -1]
 
     def _label_logprobs(self, cache, n_row, logits, labels):
-        """Each label's tokens (and the end token after it) scored on top of the row's cache."""
+        """Every label's tokens (and the end token after each) scored in ONE batched forward.
+
+        The row's cache is copied and repeated once per label; labels are right-padded, which a
+        causal model never attends to from the real tokens, so no mask is needed. Position k of a
+        label predicts token k+1; its last position predicts the end-of-answer token. Why batched:
+        one forward per label made score mode ~13x slower (Python/kernel overhead per call).
+        """
+        import copy
+
         torch = self.torch
         first = torch.log_softmax(logits, -1)
+        width = max(len(ids) for ids in labels)
+        batch = torch.tensor([ids + [self.end_id] * (width - len(ids)) for ids in labels])
+        expanded = copy.deepcopy(cache)
+        expanded.batch_repeat_interleave(len(labels))
+        logp = torch.log_softmax(self.model(batch, cache=expanded, use_cache=True).logits, -1)
+        self.tokens_run["label"] += sum(len(ids) for ids in labels)
         out = []
-        for ids in labels:
-            # Feed the whole label: position k predicts token k+1, the last one the end-of-answer token.
-            step = self.model(torch.tensor([ids]), cache=cache, use_cache=True).logits[0]
-            self.tokens_run["label"] += len(ids)
-            logp = torch.log_softmax(step, -1)
-            total = float(first[ids[0]]) + float(sum(logp[i, t] for i, t in enumerate(ids[1:])))
-            out.append((total, len(ids), float(logp[-1, self.end_id])))
-            crop(cache, n_row)
+        for j, ids in enumerate(labels):
+            total = float(first[ids[0]]) + sum(float(logp[j, i, t]) for i, t in enumerate(ids[1:]))
+            out.append((total, len(ids), float(logp[j, len(ids) - 1, self.end_id])))
         return out
 
     def _generate(self, cache, logits) -> str:

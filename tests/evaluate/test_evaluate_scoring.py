@@ -39,6 +39,13 @@ def test_length_control_requests_three_conditions(demo_tax):
         length_control.limits(LengthControlConfig(bucket_values=["long"]), demo_tax)
 
 
+def test_length_control_draws_prompts_whose_reference_breaks_the_limit(demo_tax):
+    rows = [Example(f"e{n}", "q", "a", {"length_tokens": str(n)}) for n in (3, 47, 48, 300)] + [Example("none", "q", "a", {})]
+    cfg = LengthControlConfig(bucket_values=["concise"])  # N = 47
+    assert [e.id for e in length_control.eligible(rows, cfg, demo_tax)] == ["e48", "e300"]
+    assert len(length_control.eligible(rows, cfg.model_copy(update={"prompts_over_limit": False}), demo_tax)) == 5
+
+
 def test_length_control_score_and_pairs():
     rows = [
         {"example_id": "a", "condition": "baseline_instruction", "limit": 10, "words": 12, "finish_reason": "stop"},

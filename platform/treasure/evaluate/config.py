@@ -41,6 +41,10 @@ class LengthControlConfig(StrictModel):
     limits: list[int] = Field(default_factory=list, description="Word limits N cycled over prompts (length_tokens only; length_bucket takes its buckets' bounds).")
     bucket_values: list[str] = Field(default_factory=list, description="length_bucket: the bounded buckets to test (empty: all of them).")
     instruction: str = Field("Answer in at most {n} words.", description="Natural-language limit appended to the prompt ({n} is the limit).")
+    prompts_over_limit: bool = Field(
+        True, description="Draw only held-out prompts whose reference answer (annotated length_tokens) is longer than the "
+        "smallest limit: like AlpacaEval-LI, the limit then binds, since an unconstrained answer would break it. "
+        "false: any held-out prompt (most short-answer prompts then pass under every condition).")
 
 
 class CategoryConfig(StrictModel):

@@ -37,6 +37,14 @@ def limits(config: LengthControlConfig, taxonomy: Taxonomy) -> list[tuple[int, s
     return [(n, v) for n, v in bounded if not config.bucket_values or v in config.bucket_values]
 
 
+def eligible(examples: list[Example], config: LengthControlConfig, taxonomy: Taxonomy) -> list[Example]:
+    """The held-out examples length control may draw from (see `prompts_over_limit`)."""
+    if not config.prompts_over_limit:
+        return list(examples)
+    smallest = min(n for n, _ in limits(config, taxonomy))
+    return [ex for ex in examples if int(ex.markers.get("length_tokens", 0)) > smallest]
+
+
 def requests(examples: list[Example], config: LengthControlConfig, taxonomy: Taxonomy) -> dict[str, list[dict]]:
     """{"baseline": rows, "marked": rows}: one row per (example, condition)."""
     pairs = limits(config, taxonomy)

@@ -32,7 +32,7 @@ def markdown(m: dict) -> str:
              f"taxonomy `{m['taxonomy_version']}`; judge `{m['judge']}`. Intervals are 95% (Wilson for rates, bootstrap for win rates).", ""]
     lc = m.get("length_control")
     if lc:
-        lines += ["## Length-instruction control", "", "| condition | violation rate | truncated | mean words |", "|---|---|---|---|"]
+        lines += ["## Length-instruction control", "", f"Prompts: {lc.get('selection', 'any held-out prompt')}.", "", "| condition | violation rate | truncated | mean words |", "|---|---|---|---|"]
         for cond, r in lc["conditions"].items():
             lines.append(f"| {cond} | {_rate_cell(r)} | {r['truncated']} | {r['mean_words']:.1f} |")
         lines += ["", "| limit N | " + " | ".join(lc["conditions"]) + " |", "|---" * (len(lc["conditions"]) + 1) + "|"]

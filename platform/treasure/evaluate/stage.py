@@ -50,7 +50,7 @@ def plan(config: EvaluateConfig, taxonomy, held, counts, quality_reference) -> d
                          f"the marker block (block: {taxonomy.block_names})")
     plain_n = max(c.inference_prompts, config.win_rate.prompts)
     plain = inference.requests(sample(held, plain_n, config.seed, "plain"), taxonomy)
-    lc = length_control.requests(sample(held, config.length_control.prompts, config.seed, "length"), config.length_control, taxonomy) \
+    lc = length_control.requests(sample(length_control.eligible(held, config.length_control, taxonomy), config.length_control.prompts, config.seed, "length"), config.length_control, taxonomy) \
         if config.length_control.prompts else {"baseline": [], "marked": []}
     adh_plan = {cat: adherence.values_to_test(cat, taxonomy, counts, c.adherence_max_values)
                 for cat in c.adherence_categories if cat in taxonomy.block_names} if c.adherence_prompts_per_value else {}
@@ -75,6 +75,8 @@ def score_all(config: EvaluateConfig, taxonomy, rows: list[dict], bands, judge) 
         r["words"] = adherence.word_count(r["answer"], r["language"])
     if lc_rows:
         out["length_control"] = length_control.score(lc_rows)
+        out["length_control"]["selection"] = ("held-out prompts whose reference answer is longer than the limit"
+                                              if config.length_control.prompts_over_limit else "any held-out prompt")
     plain_marked = [r for r in marked if r["request_id"].startswith("plain:")]
     if config.categories.inference_prompts:
         out["inference"] = inference.score(plain_marked[: config.categories.inference_prompts], config.categories.inference_categories, bands)

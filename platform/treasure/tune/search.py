@@ -23,7 +23,7 @@ from treasure import tracking
 from treasure.config import ConfigError, load_config
 from treasure.tune import objective as obj
 from treasure.tune.config import Choice, Grid, LogUniform, RandInt, TuneConfig, Uniform, apply_params, example_value
-from treasure.tune.trial import TrialSetup, report_keys, run_trial
+from treasure.tune.trial import CONTEXT_PREFIXES, TrialSetup, report_keys, run_trial
 
 SEARCH_FILE = "treasure_search.json"  # parent MLflow run id + config of a search, for restore
 
@@ -184,8 +184,20 @@ def expected_trials(config: TuneConfig) -> int:
     return n
 
 
+def ended_trials(search_dir: Path) -> int:
+    """Trials the search's saved Tune state holds as ended (TERMINATED or ERROR).
+
+    Read from the saved state, not from the ResultGrid: on an interrupt Tune saves the state first
+    and then stops the running trials, which the ResultGrid then counts as TERMINATED, so an
+    interrupt during the last trial would pass for a finished search.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    return sum(t.status in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(str(search_dir)).trials)
+
+
 def trial_rows(result_grid, config: TuneConfig) -> list[dict]:
-    """One flat row per trial: trial id, status, sampled params, last reported metrics."""
+    """One flat row per trial: trial id, status, sampled params, last reported metrics, stopped early or not."""
     rows = []
     keys = ["round", "round_objective", "objective"] + report_keys(config.objective)
     for res in result_grid:
@@ -193,6 +205,10 @@ def trial_rows(result_grid, config: TuneConfig) -> list[dict]:
         row = {"trial_id": m.get("trial_id") or Path(res.path).name, "error": res.error is not None}
         row.update({k: res.config.get(k) for k in config.space})
         row.update({k: float(m[k]) if k in m and m[k] is not None else math.nan for k in keys})
+        row.update({k: float(v) for k, v in sorted(m.items())
+                    if k.startswith(CONTEXT_PREFIXES) and k not in row and isinstance(v, (int, float))})
+        row["stopped_early"] = not row["error"] and row["round"] < config.rounds
+        row["seconds"] = float(m.get("time_total_s", math.nan))  # the trial's own time (Tune's clock)
         row["path"] = res.path
         rows.append(row)
     return rows
@@ -287,7 +303,7 @@ def run(config: TuneConfig, *, parent_run_id: str | None = None, round_fn: str |
     )
     tuner, restored = _tuner(config, setup, search_dir)
     results = tuner.fit()
-    ended, expected = results.num_terminated + results.num_errors, expected_trials(config)
+    ended, expected = ended_trials(search_dir), expected_trials(config)
     if ended < expected:
         # Tune saved its state on the interrupt; nothing is ranked or registered from a partial search.
         raise SearchInterrupted(f"search {config.name} interrupted with {ended} of {expected} trials ended; "

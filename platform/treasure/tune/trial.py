@@ -32,6 +32,10 @@ from treasure.tune import objective as obj
 from treasure.tune.objective import ObjectiveSpec
 
 STATE_FILE = "trial_state.json"
+# Reported in every round that measures them, beside the objective's own metrics (no scheduler or
+# searcher reads them): the numbers that explain an objective, side by side in Tune's results and
+# in the trials' MLflow runs (held-out loss by band, long-tail and per-category inference accuracy).
+CONTEXT_PREFIXES = ("heldout.", "longtail.", "inference.", "train.final_loss")
 
 
 @dataclass
@@ -72,6 +76,8 @@ def build_report(metrics: dict, spec: ObjectiveSpec, r: int, rounds: int) -> dic
     {'round': 1, 'round_objective': -2.0, 'objective': nan, 'acc': nan, 'loss': 2.0}
     >>> build_report({"loss": 1.5, "acc": 0.25}, spec, 2, 2)["objective"]
     0.25
+    >>> build_report({"loss": 1.5, "acc": 0.25, "heldout": {"head": {"loss": 1.25}}, "other": 1}, spec, 2, 2)["heldout.head.loss"]
+    1.25
     """
     flat = flatten(metrics)
     final = r == rounds
@@ -79,6 +85,10 @@ def build_report(metrics: dict, spec: ObjectiveSpec, r: int, rounds: int) -> dic
     report["objective"] = obj.scalar(flat, spec.terms) if final else math.nan
     for name in report_keys(spec):
         report[name] = obj.metric_value(flat, name) if (final or name in flat) else math.nan
+    for name, value in flat.items():
+        if name not in report and name.startswith(CONTEXT_PREFIXES) and isinstance(value, (int, float)) \
+                and not isinstance(value, bool):
+            report[name] = float(value)
     return report
 
 

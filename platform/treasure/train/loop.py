@@ -5,7 +5,8 @@ each epoch is formatted with fresh marker dropout and tokenized once (treasure.t
 the loss falls on completion tokens only; gradients accumulate over `grad_accum` micro-batches;
 the LR warms up linearly, then follows a cosine (paper: 10 warm-up steps, peak 2.5e-4); bf16
 autocast on GPU. Rank 0 writes checkpoints (HF folder + taxonomy + resume state) and per-step
-metrics to MLflow. A restarted worker group resumes from the last checkpoint at the same step,
+metrics to MLflow; the metrics stay tensors until every `log_every` steps (``StepLog``), so a step
+costs no host sync and no extra collective. A restarted worker group resumes from the last checkpoint at the same step,
 epoch and batch, so it replays the same batches and dropout draws.
 """
 
@@ -51,18 +52,18 @@ def _tokenizer(cfg, tokenizer_files: dict[str, bytes] | None):
 
 
 def _mlflow_logger(mlflow_info: dict | None):
-    """log(metrics, step, flush=False): buffers per-step metrics for the stage's MLflow run (rank 0)
-    and writes them in one batch on flush, so a database write does not slow every step."""
+    """log(metrics, step, flush=False, timestamp_ms=None): buffers per-step metrics for the stage's MLflow
+    run (rank 0) and writes them in one batch on flush, so a database write does not slow every step."""
     if not mlflow_info:
-        return lambda metrics, step, flush=False: None
+        return lambda metrics, step, flush=False, timestamp_ms=None: None
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     client = MlflowClient(mlflow_info["tracking_uri"])
     buffer: list = []
 
-    def log(metrics: dict[str, float], step: int, flush: bool = False) -> None:
-        now = int(time.time() * 1000)
+    def log(metrics: dict[str, float], step: int, flush: bool = False, timestamp_ms: int | None = None) -> None:
+        now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
         buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
         if flush or len(buffer) >= 900:  # MLflow takes at most 1000 metrics per batch
             client.log_batch(mlflow_info["run_id"], metrics=buffer)
@@ -92,6 +93,55 @@ def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device="cuda" if backend_gpu else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
     return t.tolist()
+
+
+class StepLog:
+    """Per-step metrics held as tensors until a flush: no host sync per step (a GPU keeps queueing work)
+    and one collective per flush instead of one per step.
+
+    ``add`` takes the step's summed loss and grad norm as 0-d tensors (any device) and plain numbers;
+    ``flush`` turns every pending step into floats with one transfer, sums loss and tokens over the DDP
+    group in one all-reduce (loss is then averaged over ranks), raises FloatingPointError at the first
+    non-finite loss, and returns one dict per step (loss, tokens, tokens_per_second, learning_rate,
+    grad_norm, epoch, step, elapsed_seconds, time_ms). All ranks must flush at the same steps.
+
+    >>> import torch
+    >>> log = StepLog(world=1)
+    >>> log.add(step=1, loss=torch.tensor(2.0), grad_norm=torch.tensor(0.5), tokens=100, seconds=0.5,
+    ...         learning_rate=1e-3, epoch=0, elapsed_seconds=0.5)
+    >>> [(m["step"], m["loss"], m["tokens_per_second"]) for m in log.flush()]
+    [(1, 2.0, 200.0)]
+    >>> log.flush()
+    []
+    """
+
+    def __init__(self, world: int):
+        self.world = world
+        self.pending: list[dict] = []
+
+    def add(self, *, step: int, loss, grad_norm, tokens: int, seconds: float, learning_rate: float, epoch: int,
+            elapsed_seconds: float) -> None:
+        self.pending.append({"step": step, "loss": loss.detach(), "grad_norm": grad_norm.detach(), "tokens": tokens,
+                             "seconds": seconds, "learning_rate": learning_rate, "epoch": epoch,
+                             "elapsed_seconds": elapsed_seconds, "time_ms": int(time.time() * 1000)})
+
+    def flush(self) -> list[dict]:
+        import torch
+
+        if not self.pending:
+            return []
+        pending, self.pending = self.pending, []
+        n = len(pending)
+        local = torch.stack([torch.stack([p["loss"].float(), p["grad_norm"].float()]) for p in pending]).cpu().tolist()
+        reduced = _all_reduce([x[0] for x in local] + [float(p["tokens"]) for p in pending])
+        out = []
+        for i, p in enumerate(pending):
+            loss, tokens = reduced[i] / self.world, reduced[n + i]
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {p['step']}")
+            out.append({**p, "loss": loss, "grad_norm": local[i][1], "tokens": tokens,
+                        "tokens_per_second": tokens / p["seconds"] if p["seconds"] > 0 else 0.0})
+        return out
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -144,7 +194,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
-    log_mlflow({"resumed_from_step": step}, step, flush=True)
+    log_mlflow({"resumed_from_step": step, "torch_threads": torch.get_num_threads()}, step, flush=True)
+    step_log = StepLog(world)
     loop_start = time.perf_counter()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.use_gpu else contextlib.nullcontext)
 
@@ -164,34 +215,39 @@ def train_loop_per_worker(loop_config: dict) -> None:
         bi = start_batch
         while bi < n_batches and step < cfg.max_steps:
             t0 = time.perf_counter()
-            loss_sum, tokens = 0.0, 0
+            loss_sum, tokens = None, 0
             for micro in range(cfg.grad_accum):
-                batch = {k: v.to(device) for k, v in collate(batches[bi], data, pad_id=tokenizer.pad_token_id).items()}
+                cpu_batch = collate(batches[bi], data, pad_id=tokenizer.pad_token_id)
+                tokens += int(cpu_batch["attention_mask"].sum())  # counted on the host: no device sync
+                batch = {k: (v.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else v)
+                         for k, v in cpu_batch.items()}
                 last = micro == cfg.grad_accum - 1
                 sync = model.no_sync() if (world > 1 and not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
                 with sync, autocast():
                     loss = model(**batch).loss / cfg.grad_accum  # mean over completion tokens (labels -100 elsewhere)
                 with sync:
                     loss.backward()
-                loss_sum += float(loss.detach())
-                tokens += int(batch["attention_mask"].sum())
+                loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()  # stays a tensor
                 bi += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            seconds = time.perf_counter() - t0
-            loss_all, tokens_all = _all_reduce([loss_sum, tokens])
-            loss_all /= world
-            metrics = {"loss": loss_all, "tokens_per_second": tokens_all / seconds, "learning_rate": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "epoch": epoch, "step": step}
-            if not math.isfinite(loss_all):
-                raise FloatingPointError(f"loss is {loss_all} at step {step}")
+            flush = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.max_steps
+            if flush and device.type == "cuda":
+                torch.cuda.synchronize()  # the flushed step's time then includes its queued GPU work
+            now = time.perf_counter()
             # tokens and elapsed_seconds let a benchmark compute wall-clock throughput over any step range
-            log_mlflow({**{k: metrics[k] for k in ("loss", "tokens_per_second", "learning_rate", "grad_norm")},
-                        "tokens": tokens_all, "elapsed_seconds": time.perf_counter() - loop_start}, step,
-                       flush=step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.max_steps)
+            step_log.add(step=step, loss=loss_sum, grad_norm=grad_norm, tokens=tokens, seconds=now - t0,
+                         learning_rate=scheduler.get_last_lr()[0], epoch=epoch, elapsed_seconds=now - loop_start)
+            if not flush:
+                continue
+            for m in step_log.flush():  # every step is logged; the values travel every log_every steps
+                log_mlflow({k: m[k] for k in ("loss", "tokens_per_second", "learning_rate", "grad_norm", "tokens",
+                                              "elapsed_seconds")}, m["step"], timestamp_ms=m["time_ms"])
+            log_mlflow({}, step, flush=True)
+            metrics = {k: m[k] for k in ("loss", "tokens_per_second", "learning_rate", "grad_norm", "epoch", "step")}
 
             # --- checkpoint: rank 0 writes, every rank reports (report is a barrier) ---------------
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:

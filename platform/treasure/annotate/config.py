@@ -71,10 +71,10 @@ class TaggerConfig(StrictModel):
     max_prompt_chars: int = Field(600, ge=50, le=100_000, description="The row's text is truncated to this many characters in the tagger prompt.")
     max_new_tokens: int = Field(8, ge=1, le=64, description="generate mode: tokens generated per answer.")
     calibration: Literal["none", "content_free"] = Field(
-        "none", description="score mode: content_free divides each label's probability by its probability on content-free inputs (N/A, '', [MASK]; Zhao et al. 2021).")
-    score_norm: Literal["sum", "mean"] = Field("sum", description="score mode: a label's log-probability summed over its tokens, or their mean (length-normalized).")
+        "content_free", description="score mode: content_free divides each label's probability by its probability on content-free inputs (N/A, '', [MASK]; Zhao et al. 2021).")
+    score_norm: Literal["sum", "mean"] = Field("mean", description="score mode: a label's log-probability summed over its tokens, or their mean (length-normalized).")
     score_end: bool = Field(False, description="score mode: also score the end-of-answer token after the label (a label must be the whole answer).")
-    definitions: bool = Field(True, description="The prompt gives a definition per class (false: class names only).")
+    definitions: bool = Field(False, description="The prompt gives a definition per class (false: class names only; measured better with SmolLM2, docs/annotation.md).")
     few_shot: bool = Field(True, description="The prompt includes the prompt file's few-shot examples.")
     timeout_s: float = Field(120.0, gt=0, description="A row whose tagging takes longer than this is recorded as an error.")
     pool: ActorPool = Field(default_factory=ActorPool, description="Actor pool of the tagger.")

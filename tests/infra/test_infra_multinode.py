@@ -54,8 +54,8 @@ def test_pipeline_places_annotation_and_training_on_different_nodes(tmp_path):
     assert len(set(nodes.values())) == 3
 
     refused = line_after(out, "placement_check: ")
-    assert refused.startswith("refused: training workers need 3 bundles"), refused
-    assert "train_node: 2" in refused and "lower train.num_workers" in refused
+    assert refused.startswith("refused: training workers need 5 bundles"), refused
+    assert "train_node: 4" in refused and "lower train.num_workers" in refused
 
     # The whole pipeline ran and committed every stage.
     for i, stage in enumerate(STAGES, 1):

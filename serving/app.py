@@ -32,6 +32,7 @@ from treasure.serving.config import ServeConfig
 from treasure.serving.limits import BodyLimitMiddleware, LimitError
 from treasure.serving.prompting import ChatShapeError, MarkerError, allowed_values
 from treasure.serving.server import ModelServer, Prepared
+from treasure.serving.timing import server_timing
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None, **extra: Any) -> JSONResponse:
@@ -98,8 +99,11 @@ def make_deployment(config: ServeConfig):
 
         async def _handle(self, request: Request, model, prepare, respond, stream_fn):
             try:
+                t0 = time.perf_counter()
                 req = await self._parse(request, model)
+                t1 = time.perf_counter()
                 prepared = prepare(req)
+                t2 = time.perf_counter()
                 if req.stream:
                     return StreamingResponse(stream_fn(prepared), media_type="text/event-stream",
                                              headers={"Cache-Control": "no-cache"})
@@ -107,10 +111,17 @@ def make_deployment(config: ServeConfig):
                 try:
                     # Wait for a batch to fill only while other clients are around (see batching.py).
                     self._batched.set_batch_wait_timeout_s(self.concurrency.batch_wait(self.config.batch_wait_timeout_s))
-                    gen = await self._batched(prepared)
+                    gen, started, ended = await self._batched(prepared)
                 finally:
                     self.concurrency.exit()
-                return JSONResponse(respond(prepared, gen))
+                t3 = time.perf_counter()
+                response = JSONResponse(respond(prepared, gen))
+                t4 = time.perf_counter()
+                # queue: batch wait + hop into the worker thread; back: hop out of it to this request.
+                response.headers["Server-Timing"] = server_timing({
+                    "parse": t1 - t0, "prepare": t2 - t1, "queue": started - t2, "engine": ended - started,
+                    "back": t3 - ended, "respond": t4 - t3, "total": t4 - t0})
+                return response
             except AuthError as e:
                 return _error(401, str(e), "authentication_error")
             except _BadBody as e:
@@ -123,9 +134,16 @@ def make_deployment(config: ServeConfig):
                 return _error(e.status, str(e), "request_too_large" if e.status == 413 else "invalid_request_error", e.param)
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.003)
-        async def _batched(self, items: list[Prepared]) -> list[Any]:
+        async def _batched(self, items: list[Prepared]) -> list[tuple[Any, float, float]]:
             # The engine call blocks; a worker thread keeps the replica's event loop answering.
-            return await asyncio.to_thread(self.core.generate_batch, items)
+            return await asyncio.to_thread(self._timed_generate, items)
+
+        def _timed_generate(self, items: list[Prepared]) -> list[tuple[Any, float, float]]:
+            """(Generation, engine start, engine end) per item; the times feed Server-Timing."""
+            started = time.perf_counter()
+            gens = self.core.generate_batch(items)
+            ended = time.perf_counter()
+            return [(g, started, ended) for g in gens]
 
         # --- routes -------------------------------------------------------------------------------
         @api.post("/v1/generate", openapi_extra=_body_doc(GenerateRequest))

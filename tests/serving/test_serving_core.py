@@ -65,3 +65,20 @@ def test_health_check_fails_when_the_engine_breaks_and_recovers(server):
         server.engine.model = model
     server.check_health()  # the probe passes again and clears the recorded failure
     assert server.health.error is None and server.health.probes == 2
+
+
+def test_taxonomy_body_lists_the_block_categories_of_a_block_taxonomy(tmp_path, tiny_checkpoint):
+    """A taxonomy whose `block:` leaves categories out (the demo's) serves only the block's, in block order."""
+    import shutil
+
+    from treasure.taxonomy import load_taxonomy
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    spec = tmp_path / "short.yaml"
+    spec.write_text("extends: paper\nblock: [language, length_bucket]\n")
+    (ckpt / "taxonomy.yaml").write_text(load_taxonomy(spec).to_yaml())
+    srv = ModelServer(ServeConfig(checkpoint=str(ckpt), max_tokens_limit=8, default_max_tokens=2))
+    body = srv.taxonomy_body()
+    assert [c["name"] for c in body["categories"]] == ["language", "length_bucket"]
+    assert body["categories"][1]["allowed"] == ["concise", "medium", "long"]

@@ -47,7 +47,7 @@ def test_generate_returns_text_markers_usage(base):
 
 def test_taxonomy_and_health(base, taxonomy):
     t = httpx.get(f"{base}/v1/taxonomy", headers=AUTH, timeout=30).json()
-    assert t["version"] == taxonomy.version and [c["name"] for c in t["categories"]] == taxonomy.names
+    assert t["version"] == taxonomy.version and [c["name"] for c in t["categories"]] == taxonomy.block_names
     h = httpx.get(f"{base}/healthz", timeout=30)
     assert h.status_code == 200 and h.json()["status"] == "ok"
 

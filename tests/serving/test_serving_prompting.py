@@ -171,3 +171,13 @@ def test_batch_wait_only_when_other_clients_are_around():
     assert t.batch_wait(0.02) == 0.02  # clients were around a moment ago: they will be back
     now[0] = 3.5
     assert t.batch_wait(0.02) == 0.0 and t.in_flight == 0
+
+
+def test_server_timing_header_round_trips():
+    from treasure.serving.timing import parse_server_timing, server_timing
+
+    value = server_timing({"parse": 0.00005, "engine": 0.0812, "total": 0.0821, "clock_skew": -0.001})
+    assert value == "parse;dur=0.050, engine;dur=81.200, total;dur=82.100, clock_skew;dur=0.000"
+    assert parse_server_timing(value) == {"parse": 0.05, "engine": 81.2, "total": 82.1, "clock_skew": 0.0}
+    assert parse_server_timing('cache;desc="hit", db;dur=2.5') == {"db": 2.5}
+    assert parse_server_timing(None) == {}

@@ -185,18 +185,23 @@ class ModelServer:
 
     # --- metadata and health ------------------------------------------------------------------
     def taxonomy_body(self) -> dict[str, Any]:
+        # Only the block's categories: they are what a caller may fix and what the model writes
+        # (a taxonomy's `block:` may leave annotation-only categories out of it).
+        allowed = allowed_values(self.taxonomy)
         return {
             "name": self.taxonomy.name, "version": self.taxonomy.version, "tag": self.taxonomy.tag,
-            "categories": [{"name": c.name, "kind": c.kind, "description": c.description,
-                            "allowed": allowed_values(self.taxonomy)[c.name]} for c in self.taxonomy.categories],
+            "categories": [{"name": c.name, "kind": c.kind, "description": c.description, "allowed": allowed[c.name]}
+                           for c in map(self.taxonomy.category, self.taxonomy.block_names)],
             "model": self.model_name, "markers_trained": bool(self.meta.get("markers", False)),
         }
 
     def stats(self) -> dict[str, Any]:
+        import torch  # every engine runs on torch; its intra-op threads bound CPU throughput
+
         h = self.health
         return {"batches": h.batches, "batched_requests": h.batched_requests,
                 "mean_batch_size": round(h.batched_requests / h.batches, 2) if h.batches else None,
-                "engine_error": h.error, "health_probes": h.probes}
+                "engine_error": h.error, "health_probes": h.probes, "torch_threads": torch.get_num_threads()}
 
     def check_health(self) -> None:
         """Raise when the engine is broken. A recorded engine failure triggers a tiny probe generation;

@@ -12,7 +12,6 @@ import time
 
 import pandas as pd
 import pyarrow.parquet as pq
-
 from treasure import storage
 from treasure.annotate.annotators import annotate_shard
 from treasure.annotate.config import AnnotateConfig
@@ -164,7 +163,6 @@ def bench_plain_actors(cfg: AnnotateConfig, rows: list[dict], batch_size: int, l
 
 def bench_tagger(cfg: AnnotateConfig, rows: list[dict]) -> dict:
     import ray
-
     from treasure.annotate.tagger import build_prompt, row_text
     from treasure.annotate.tagger_engines import engine_for
     from treasure.annotate.workers import Tagger

@@ -19,7 +19,13 @@ import time
 from collections import Counter
 
 from treasure.annotate.config import AnnotateConfig
-from treasure.annotate.tagger import CONTENT_FREE, build_prompt, content_free_prior, outcome, pick_label
+from treasure.annotate.tagger import (
+    CONTENT_FREE,
+    build_prompt,
+    content_free_prior,
+    outcome,
+    pick_label,
+)
 from treasure.config import load_config
 from treasure.taxonomy import load_taxonomy
 
@@ -48,7 +54,8 @@ def accuracy(pairs: list[tuple[str, str]]) -> dict:
 
 def summarize_file(path: str, min_conf: float = 0.0) -> list[dict]:
     """One row per scoring setting (score files) or one row (generate files): accuracy per category."""
-    lines = [json.loads(x) for x in open(path, encoding="utf-8")]
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(x) for x in f]
     head, items = lines[0], lines[1:]
     out = []
     if head["mode"] == "generate":
@@ -153,7 +160,8 @@ if __name__ == "__main__":
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--summarize", nargs="*", help="only print the accuracy table of these result files")
     args = ap.parse_args()
-    items = [json.loads(line) for line in open(DATA, encoding="utf-8")][: args.limit]
+    with open(DATA, encoding="utf-8") as f:
+        items = [json.loads(line) for line in f][: args.limit]
     if args.summarize:
         print_table(args.summarize, items)
     else:

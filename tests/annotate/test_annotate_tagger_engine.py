@@ -2,8 +2,12 @@
 label log-probs as the full prompt, the prefix runs once per category, calibration uses the content-free prior."""
 
 import pytest
-
-from treasure.annotate.tagger import CONTENT_FREE, build_prompt, content_free_prior, pick_label
+from treasure.annotate.tagger import (
+    CONTENT_FREE,
+    build_prompt,
+    content_free_prior,
+    pick_label,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,15 @@
 import math
 
 import pytest
-
-from treasure.annotate.tagger import (CONTENT_FREE, UNSPECIFIED, build_prompt, content_free_prior, label_scores,
-                                      log_normalize, pick_label)
+from treasure.annotate.tagger import (
+    CONTENT_FREE,
+    UNSPECIFIED,
+    build_prompt,
+    content_free_prior,
+    label_scores,
+    log_normalize,
+    pick_label,
+)
 
 
 def test_annotate_label_scores_sum_mean_end():

@@ -12,7 +12,12 @@
 
 from __future__ import annotations
 
-from treasure.annotate.tagger import CONTENT_FREE, CategoryPrompt, content_free_prior, pick_label
+from treasure.annotate.tagger import (
+    CONTENT_FREE,
+    CategoryPrompt,
+    content_free_prior,
+    pick_label,
+)
 
 
 def model_name(model: str) -> str:

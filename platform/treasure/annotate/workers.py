@@ -15,7 +15,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from treasure import storage
-from treasure.annotate.annotators import annotate_shard, candidates_from_json, candidates_to_json
+from treasure.annotate.annotators import (
+    annotate_shard,
+    candidates_from_json,
+    candidates_to_json,
+)
 from treasure.annotate.config import AnnotateConfig
 from treasure.annotate.merge import Candidate, merge, prov
 from treasure.taxonomy import load_taxonomy

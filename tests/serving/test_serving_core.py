@@ -69,6 +69,7 @@ def test_health_check_fails_when_the_engine_breaks_and_recovers(server):
 
 def test_taxonomy_body_lists_the_block_categories_of_a_block_taxonomy(tmp_path, tiny_checkpoint):
     """A taxonomy whose `block:` leaves categories out (the demo's) serves only the block's, in block order."""
+    import json
     import shutil
 
     from treasure.taxonomy import load_taxonomy
@@ -77,7 +78,10 @@ def test_taxonomy_body_lists_the_block_categories_of_a_block_taxonomy(tmp_path, 
     shutil.copytree(tiny_checkpoint, ckpt)
     spec = tmp_path / "short.yaml"
     spec.write_text("extends: paper\nblock: [language, length_bucket]\n")
-    (ckpt / "taxonomy.yaml").write_text(load_taxonomy(spec).to_yaml())
+    short = load_taxonomy(spec)
+    (ckpt / "taxonomy.yaml").write_text(short.to_yaml())
+    meta = json.loads((ckpt / "treasure.json").read_text())
+    (ckpt / "treasure.json").write_text(json.dumps({**meta, "taxonomy_version": short.version}))  # checkpoint stays valid
     srv = ModelServer(ServeConfig(checkpoint=str(ckpt), max_tokens_limit=8, default_max_tokens=2))
     body = srv.taxonomy_body()
     assert [c["name"] for c in body["categories"]] == ["language", "length_bucket"]

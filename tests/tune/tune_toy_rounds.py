@@ -1,7 +1,11 @@
 """Cheap round functions for search-machinery tests (the real round trains and evaluates a model).
 
-Each round writes a marker file once per (trial, round) in the trial's folder; running a round a
-second time leaves a `.rerun` file, so a test can prove that a restored search reran nothing. The
+Each round writes `round-<r>.started` when it begins and a marker file `round-<r>.done` when it
+ends, in the trial's folder; running a round to its end a second time leaves a `.rerun` file, so a
+test can prove that a restored search reran nothing. A round that has started means Tune has taken
+the previous round's report and checkpoint (a function trainable continues only once the driver
+asks for its next result), which is what the restore test waits for before interrupting. TOY_HOLD
+makes the first run of one round long, so a test can see that an interrupted round stops. The
 metrics are a known function of the sampled rates (best at dataset_rate 0.5), so the best trial is
 known in advance.
 """
@@ -16,10 +20,16 @@ from pathlib import Path
 def toy_round(setup, params, r, state):
     d = Path(state["trial_dir"])
     d.mkdir(parents=True, exist_ok=True)
-    marker = d / f"round-{r}.done"
+    marker, started = d / f"round-{r}.done", d / f"round-{r}.started"
+    seconds = float(os.environ.get("TOY_ROUND_SECONDS", "0.2"))
+    if os.environ.get("TOY_HOLD"):  # "rate:round:seconds": the first run of that round takes longer
+        rate, hold_round, hold_seconds = os.environ["TOY_HOLD"].split(":")
+        if params["dropout.dataset_rate"] == float(rate) and r == int(hold_round) and not started.exists():
+            seconds = float(hold_seconds)
+    started.write_text(str(time.time()))
     if marker.exists():
         (d / f"round-{r}.rerun").write_text("ran twice")
-    time.sleep(float(os.environ.get("TOY_ROUND_SECONDS", "0.2")))
+    time.sleep(seconds)
     x, s = params["dropout.dataset_rate"], params["dropout.sample_rate"]
     metrics = {"heldout": {"tail": {"loss": (x - 0.5) ** 2 + 1.0 / r}}}
     if r == setup.rounds:

@@ -35,7 +35,9 @@ class PipelineSection(StrictModel):
     parallel_training: bool = Field(False, description="Train the baseline and the marked model at the same time (two "
                                     "TorchTrainers). Worth it only when the cluster holds both worker groups at once "
                                     "(2 × train.num_workers workers): otherwise the second waits for the first's resources and may "
-                                    "fail on Ray Train's worker-group start timeout (60 s by default).")
+                                    "fail on Ray Train's worker-group start timeout (60 s by default). Known problem: two trainings "
+                                    "importing transformers names from threads at once can fail with ImportError (its lazy "
+                                    "module); measured on ci.yaml, so ci.yaml leaves this off.")
     root: str | None = Field(None, description="Folder (local path or s3:// URI) that every relative stage path resolves "
                              "against instead of the working directory: stage outputs, the inputs one stage reads from "
                              "another, the checkpoints (also as evaluate.win_rate.judge.model when the judge is one of them), and "

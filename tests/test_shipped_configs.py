@@ -13,12 +13,12 @@ TUNE_CONFIGS = sorted((REPO / "tuning" / "configs").glob("*.yaml"))
 def test_every_yaml_is_covered():
     """New YAML under these folders must be added to a test below (or to its area's tests)."""
     names = {p.name for p in PIPELINE_CONFIGS}
-    assert {"demo.yaml", "paper.yaml", "taxonomy_demo.yaml"} <= names
-    assert names - {"demo.yaml", "paper.yaml", "taxonomy_demo.yaml"} == set(), names
+    assert {"demo.yaml", "paper.yaml", "ci.yaml", "taxonomy_demo.yaml"} <= names
+    assert names - {"demo.yaml", "paper.yaml", "ci.yaml", "taxonomy_demo.yaml"} == set(), names
     assert {p.name for p in TUNE_CONFIGS} >= {"demo.yaml"}
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml", "ci.yaml"])
 def test_pipeline_configs_load_and_are_wired(name):
     from treasure.config import load_config
     from treasure.pipeline import PipelineConfig

@@ -32,12 +32,6 @@ class PipelineSection(StrictModel):
     baseline_output: str = Field(description="Checkpoint folder of the baseline (the `train` section with markers off).")
     stages: list[str] = Field(default_factory=lambda: list(STAGES), description=f"Stages to run, in order; any of {list(STAGES)}.")
     registered_alias: str = Field("candidate", description="MLflow alias set on the marked model version after evaluation.")
-    parallel_training: bool = Field(False, description="Train the baseline and the marked model at the same time (two "
-                                    "TorchTrainers). Worth it only when the cluster holds both worker groups at once "
-                                    "(2 × train.num_workers workers): otherwise the second waits for the first's resources and may "
-                                    "fail on Ray Train's worker-group start timeout (60 s by default). Known problem: two trainings "
-                                    "importing transformers names from threads at once can fail with ImportError (its lazy "
-                                    "module); measured on ci.yaml, so ci.yaml leaves this off.")
     root: str | None = Field(None, description="Folder (local path or s3:// URI) that every relative stage path resolves "
                              "against instead of the working directory: stage outputs, the inputs one stage reads from "
                              "another, the checkpoints (also as evaluate.win_rate.judge.model when the judge is one of them), and "
@@ -190,27 +184,8 @@ def headline(summaries: dict[str, dict]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def stage_groups(stages: list[str], parallel_training: bool) -> list[list[str]]:
-    """Stages in run order, grouped: a group runs at once (only the two trainings, when asked to).
-
-    >>> stage_groups(list(STAGES), True)
-    [['normalize'], ['annotate'], ['train_baseline', 'train_marked'], ['evaluate'], ['register']]
-    >>> stage_groups(["train_marked", "evaluate"], True), len(stage_groups(list(STAGES), False))
-    ([['train_marked'], ['evaluate']], 6)
-    """
-    groups: list[list[str]] = []
-    for name in stages:
-        if parallel_training and groups and {groups[-1][-1], name} == {"train_baseline", "train_marked"}:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-    return groups
-
-
 def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run the configured stages in order under one MLflow parent run; returns each stage's summary."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from treasure.tracking import run as tracking_run
 
     runners = _runners()
@@ -231,18 +206,11 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
 
     with tracking_run(config.pipeline.experiment, config.pipeline.run_name, config=config) as parent:
         parent_id = parent.info.run_id
-        for group in stage_groups(stages, config.pipeline.parallel_training):
-            for name in group:
-                log(f"[pipeline] stage {number[name]}/{total} {name}: start")
-            if len(group) == 1:
-                summaries[group[0]] = run_stage(group[0], parent_id)
-            else:  # each training drives its own TorchTrainer from a thread; MLflow's active run is per thread
-                with ThreadPoolExecutor(len(group)) as pool:
-                    futures = {name: pool.submit(run_stage, name, parent_id) for name in group}
-                    summaries.update({name: futures[name].result() for name in group})
-            for name in group:
-                cached = " (already committed: reused)" if summaries[name].get("cached") else ""
-                log(f"[pipeline] stage {number[name]}/{total} {name}: done in {summaries[name]['seconds']}s{cached}")
+        for name in stages:
+            log(f"[pipeline] stage {number[name]}/{total} {name}: start")
+            summaries[name] = run_stage(name, parent_id)
+            cached = " (already committed: reused)" if summaries[name].get("cached") else ""
+            log(f"[pipeline] stage {number[name]}/{total} {name}: done in {summaries[name]['seconds']}s{cached}")
         import mlflow
 
         for key, value in headline(summaries).items():

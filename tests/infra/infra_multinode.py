@@ -3,8 +3,7 @@
     .venv/bin/python tests/infra/infra_multinode.py --root /tmp/mn [extra key=value overrides]
 
 The head has 1 CPU and no custom resources; node "annotate" offers `annotate_node` (1 CPU), node
-"train" offers `train_node: 4` (4 logical CPUs: the baseline's and the marked model's 2 workers
-each train at once, `pipeline.parallel_training` of ci.yaml). The pipeline (pipelines/configs/ci.yaml, run in this process
+"train" offers `train_node: 4` (4 logical CPUs; each training's 2 workers use 2 of them). The pipeline (pipelines/configs/ci.yaml, run in this process
 with treasure.pipeline.run_pipeline against the cluster's address) pins annotation tasks and
 actors and the evaluation engine actor to `annotate_node` and its 2 training workers to
 `train_node`, through the stage configs' placement fields. First the fail-fast placement check

@@ -11,7 +11,7 @@ import urllib.request
 from urllib.parse import urlparse
 
 import pytest
-from conftest import REPO, group_alive
+from infra_processes import REPO, group_alive
 
 STAGES = ("annotate", "train")
 

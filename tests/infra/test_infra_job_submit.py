@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import BIN, REPO, ray_env
+from infra_processes import BIN, REPO, ray_env
 
 from treasure.cluster import runtime_env_for_job
 from treasure.pipeline import STAGES

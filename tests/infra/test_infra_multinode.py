@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from conftest import BIN, REPO, end_group, ray_env
+from infra_processes import BIN, REPO, end_group, ray_env
 
 from treasure.pipeline import STAGES
 

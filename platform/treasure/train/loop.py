@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -249,8 +250,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             log_mlflow({}, step, flush=True)
             metrics = {k: m[k] for k in ("loss", "tokens_per_second", "learning_rate", "grad_norm", "epoch", "step")}
             if rank == 0:  # one progress line per flush: the pipeline's output and `ray job logs` show training advance
-                print(f"[train] step {step}/{cfg.max_steps} loss {metrics['loss']:.3f} {metrics['tokens_per_second']:.0f} tok/s "
-                      f"lr {metrics['learning_rate']:.2e}", flush=True)
+                # sys.stdout.write, not print: Ray Train patches print to tee into its logger, which doubled each line.
+                sys.stdout.write(f"[train] step {step}/{cfg.max_steps} loss {metrics['loss']:.3f} "
+                                 f"{metrics['tokens_per_second']:.0f} tok/s lr {metrics['learning_rate']:.2e}\n")
+                sys.stdout.flush()
 
             # --- checkpoint: rank 0 writes, every rank reports (report is a barrier) ---------------
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:

@@ -100,6 +100,14 @@ def med_ms(xs: list[float]) -> float:
     return round(statistics.median(xs) * 1000, 3)
 
 
+def emit(report: dict, out: str | None) -> None:
+    """Print the JSON report, and write it to `out` when given."""
+    print(json.dumps(report, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -299,10 +307,7 @@ def main() -> None:
         "per_repeat": repeats,
         "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
     }
-    print(json.dumps(report, indent=2))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=2))
+    emit(report, a.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Bounded: at most 2000 requests per path; loopback only; its own local Ray cluste
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,9 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loadtest.py sits next to this script
+
+from loadtest import emit, free_port  # noqa: E402
 
 KNOBS = ("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP",
          "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "RAY_SERVE_LOG_TO_STDERR", "RAY_SERVE_USE_GRPC_BY_DEFAULT",
@@ -47,25 +49,10 @@ UVICORN_APP = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def apps():
-    from fastapi import FastAPI, Request
     from ray import serve
 
-    api = FastAPI()
-
-    @serve.deployment(name="EmptyFastAPI", ray_actor_options={"num_cpus": 0})
-    @serve.ingress(api)
-    class EmptyFastAPI:
-        @api.post("/ping")
-        async def ping(self, request: Request):
-            json.loads(await request.body())
-            return {"ok": True}
+    from loadtest import empty_app  # the same FastAPI ingress the load test times
 
     @serve.deployment(name="EmptyPlain", ray_actor_options={"num_cpus": 0})
     class EmptyPlain:
@@ -73,16 +60,7 @@ def apps():
             json.loads(await request.body())
             return {"ok": True}
 
-        def knobs(self) -> dict:
-            from ray.serve._private import constants
-
-            return {k: getattr(constants, k, None) for k in KNOBS}
-
-        async def ping(self, body: bytes) -> dict:
-            json.loads(body)
-            return {"ok": True}
-
-    return EmptyFastAPI.bind(), EmptyPlain.bind()
+    return empty_app(), EmptyPlain.bind()
 
 
 def main() -> None:
@@ -153,10 +131,7 @@ def main() -> None:
                   for k, v in lat.items()},
         "load_average_at_end": os.getloadavg(),
     }
-    print(json.dumps(report, indent=2))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=2))
+    emit(report, a.out)
 
 
 if __name__ == "__main__":

@@ -109,9 +109,7 @@ def make_deployment(config: ServeConfig):
                                              headers={"Cache-Control": "no-cache"})
                 self.concurrency.enter()
                 try:
-                    # Wait for a batch to fill only while other clients are around, and only until it holds
-                    # as many requests as were recently in flight (see batching.py).
-                    self._batched.set_max_batch_size(self.concurrency.batch_target(self.config.max_batch_size))
+                    # Wait for a batch to fill only while other clients are around (see batching.py).
                     self._batched.set_batch_wait_timeout_s(self.concurrency.batch_wait(self.config.batch_wait_timeout_s))
                     gen, started, ended = await self._batched(prepared)
                 finally:

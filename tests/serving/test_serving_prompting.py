@@ -173,21 +173,6 @@ def test_batch_wait_only_when_other_clients_are_around():
     assert t.batch_wait(0.02) == 0.0 and t.in_flight == 0
 
 
-def test_batch_target_is_the_recent_peak_in_flight():
-    from treasure.serving.batching import ConcurrencyTracker
-
-    now = [0.0]
-    t = ConcurrencyTracker(window_s=2.0, clock=lambda: now[0])
-    assert t.batch_target(8) == 1  # nobody around: a batch of one goes at once
-    for _ in range(5):
-        t.enter()
-    for _ in range(4):
-        t.exit()
-    assert t.batch_target(8) == 5 and t.batch_target(4) == 4  # the four coming back are awaited, up to the cap
-    now[0] = 3.0
-    assert t.batch_target(8) == 1
-
-
 def test_server_timing_header_round_trips():
     from treasure.serving.timing import parse_server_timing, server_timing
 

@@ -4,10 +4,6 @@ Static batching (one `generate` per batch) fragments under load: clients that we
 different batches come back at different times, and with no wait they stay in separate, small
 batches forever. A short wait re-synchronizes them, but would delay a lone client on every
 request. `ConcurrencyTracker` tells the two apart: the recent peak of requests in flight at once.
-The batch target is that peak: a batch closes as soon as it holds as many requests as were
-recently in flight (clients coming back from the last batch), so the wait is only a cap, paid in
-full only when a client went away. A fixed wait was measured to fragment (mean batch 3 of 8 with
-8 clients, 27 Nov, docs/serving.md) because Serve's HTTP hop spreads the returns by ~15 ms.
 """
 
 from __future__ import annotations
@@ -41,10 +37,6 @@ class ConcurrencyTracker:
     def recent_peak(self) -> int:
         self._trim(self.clock())
         return max([self.in_flight] + [n for _, n in self._peaks])
-
-    def batch_target(self, cap: int) -> int:
-        """How many requests a batch waits for: the recent peak in flight, at most `cap`, at least 1."""
-        return max(1, min(cap, self.recent_peak()))
 
     def batch_wait(self, configured_s: float) -> float:
         """The configured wait when several clients were in flight recently, else 0 (no delay for a lone client)."""

@@ -30,7 +30,7 @@ class ServeConfig(StrictModel):
     max_tokens_limit: int = Field(512, ge=1, le=32768, description="Largest `max_tokens` a request may ask for (larger: 400).")
     default_max_tokens: int = Field(128, ge=1, le=32768, description="`max_tokens` when a request gives none.")
     max_batch_size: int = Field(8, ge=1, le=256, description="Most requests the engine generates together in one batch.")
-    batch_wait_timeout_s: float = Field(0.05, ge=0.0, le=1.0, description="Longest a batch waits to fill while several clients are in flight (a lone client never waits); it closes earlier, as soon as it holds as many requests as were recently in flight. Lets clients served in different batches rejoin one batch.")
+    batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=1.0, description="How long a batch waits to fill while several clients are in flight (a lone client never waits): lets clients served in different batches rejoin one batch.")
     max_ongoing_requests: int = Field(16, ge=1, le=4096, description="Requests one replica works on at once (Serve option).")
     max_queued_requests: int = Field(16, ge=-1, le=100000, description="Requests waiting for a replica before new ones get 503 (-1: unbounded; Serve option).")
     num_cpus: float = Field(1.0, ge=0.0, le=256.0, description="CPUs reserved per replica.")

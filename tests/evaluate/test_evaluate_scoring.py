@@ -44,6 +44,8 @@ def test_length_control_draws_prompts_whose_reference_breaks_the_limit(demo_tax)
     cfg = LengthControlConfig(bucket_values=["concise"])  # N = 47
     assert [e.id for e in length_control.eligible(rows, cfg, demo_tax)] == ["e48", "e300"]
     assert len(length_control.eligible(rows, cfg.model_copy(update={"prompts_over_limit": False}), demo_tax)) == 5
+    with pytest.raises(ValueError, match="no held-out prompt has a reference answer longer than 47 words"):
+        length_control.eligible(rows[:2], cfg, demo_tax)
 
 
 def test_length_control_score_and_pairs():

@@ -31,7 +31,7 @@ def test_stage_end_to_end(ray_local, tiny_checkpoint, taxonomy, annotated_uri, j
     out = str(tmp_path / "eval")
     cfg = EvaluateConfig(
         input=annotated_uri, baseline=str(tiny_checkpoint), marked=str(tiny_checkpoint), output=out, heldout_fraction=0.2,
-        experiment="test-evaluate", generation={"batch_size": 8, "sampling": {"max_tokens": 6}}, length_control={"prompts": 4},
+        experiment="test-evaluate", generation={"batch_size": 8, "sampling": {"max_tokens": 6}}, length_control={"prompts": 4, "prompts_over_limit": False},  # fixture rows carry no length_tokens
         categories={"inference_prompts": 4, "adherence_prompts_per_value": 1, "adherence_max_values": 2},
         win_rate={"prompts": 3, "bootstrap_resamples": 200, "judge": {"type": "http", "model": "stub", "base_url": judge_server.url}},
     )

@@ -42,7 +42,11 @@ def eligible(examples: list[Example], config: LengthControlConfig, taxonomy: Tax
     if not config.prompts_over_limit:
         return list(examples)
     smallest = min(n for n, _ in limits(config, taxonomy))
-    return [ex for ex in examples if int(ex.markers.get("length_tokens", 0)) > smallest]
+    picked = [ex for ex in examples if int(ex.markers.get("length_tokens", 0)) > smallest]
+    if examples and not picked:
+        raise ValueError(f"length_control: no held-out prompt has a reference answer longer than {smallest} words "
+                         "(annotated length_tokens); set length_control.prompts_over_limit: false, or prompts: 0")
+    return picked
 
 
 def requests(examples: list[Example], config: LengthControlConfig, taxonomy: Taxonomy) -> dict[str, list[dict]]:

@@ -153,7 +153,7 @@ def one_repeat(a, direct, prepared, bodies, url, empty_url, health_url) -> dict:
         def call(path: str, k: int) -> None:
             t = time.perf_counter()
             if path == "direct":
-                direct.engine.generate([prepared[k].user_turn], prepared[k].params)
+                direct.engine.generate([prepared[k].user_turn], prepared[k].params, [prepared[k].prefix])
             elif path == "in_process":
                 in_process(direct, raws[k])
             elif path == "http":
@@ -202,10 +202,10 @@ def one_repeat(a, direct, prepared, bodies, url, empty_url, health_url) -> dict:
     for r in range(max(4, a.requests // a.clients // 2)):
         turns = [prepared[(r * a.clients + j) % len(prepared)] for j in range(a.clients)]
         t = time.perf_counter()
-        direct.engine.generate([turns[0].user_turn], turns[0].params)
+        direct.engine.generate([turns[0].user_turn], turns[0].params, [turns[0].prefix])
         one.append(time.perf_counter() - t)
         t = time.perf_counter()
-        direct.engine.generate([p.user_turn for p in turns], turns[0].params)
+        direct.engine.generate([p.user_turn for p in turns], turns[0].params, [p.prefix for p in turns])
         many.append(time.perf_counter() - t)
 
     n = a.clients

@@ -30,7 +30,8 @@ def test_marked_example_masks_prompt_and_keeps_completion(smollm2_tokenizer, tax
     assert f.prompt_text.endswith("<|im_start|>assistant\n")
     assert "law joke in Spanish. <TEMPLATE><domain>Legal</domain></TEMPLATE><|im_end|>" in f.prompt_text
     completion = tok.decode(f.input_ids[n_prompt:])
-    assert completion.startswith("<TEMPLATE><length_bucket>concise</length_bucket><task>CreativeWriting</task><domain>Legal</domain><language>Spanish</language>")
+    # The prompt's markers open the completion block (so serving can prefill them), the inferred ones follow in block order.
+    assert completion.startswith("<TEMPLATE><domain>Legal</domain><length_bucket>concise</length_bucket><task>CreativeWriting</task><language>Spanish</language>")
     assert completion.endswith("<|im_end|>\n")  # learns to stop
 
 

@@ -8,8 +8,11 @@ Evaluation and serving both call it; neither knows which backend runs.
     gens[0].text          # raw output: completion block + answer (split with template.split_output)
     for delta in engine.stream("Say hi.", SamplingParams(max_tokens=64)): print(delta, end="")
 
-A user turn is the user's text with the prompt-side block already rendered
-(`treasure.template.render_prompt`); the engine applies the model's chat template.
+A user turn is the user's text with the prompt-side block already rendered, and an optional
+assistant prefix opens the model's answer (requested markers prefilled into its block); both come
+from `treasure.template.render_request`. The engine applies the model's chat template and
+tokenizes the prefix on its own, exactly as training tokenized the completion apart from the
+prompt. `Generation.text` starts with the prefix: it is the whole assistant turn.
 
 Determinism: temperature 0 is greedy (no randomness). With temperature > 0 every `generate`
 call reseeds torch with `params.seed`, so the same prompts in the same batch with the same seed
@@ -131,6 +134,9 @@ class TransformersEngine:
 
         return chat_prompt_text(self.tokenizer, user_turn)
 
+    def prompt_ids(self, user_turn: str, prefix: str = "") -> list[int]:
+        return prompt_token_ids(self.tokenizer, user_turn, prefix)
+
     def _gen_kwargs(self, params: SamplingParams, prompt_len: int) -> dict:
         kwargs = {
             "max_new_tokens": max(1, min(params.max_tokens, self.context - prompt_len)),
@@ -145,11 +151,11 @@ class TransformersEngine:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         return kwargs
 
-    def generate(self, user_turns: list[str], params: SamplingParams) -> list[Generation]:
-        """One Generation per user turn, in order."""
-        texts = [self.chat_text(t) for t in user_turns]
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        out: list[Generation | None] = [None] * len(texts)
+    def generate(self, user_turns: list[str], params: SamplingParams, prefixes: list[str] | None = None) -> list[Generation]:
+        """One Generation per user turn, in order (each text starts with its prefix)."""
+        prefixes = prefixes or [""] * len(user_turns)
+        ids = [self.prompt_ids(t, p) for t, p in zip(user_turns, prefixes, strict=True)]
+        out: list[Generation | None] = [None] * len(ids)
         fits = []
         for i, row in enumerate(ids):
             if len(row) >= self.context:
@@ -160,7 +166,7 @@ class TransformersEngine:
         for start in range(0, len(fits), bs):
             chunk = fits[start: start + bs]
             for i, g in zip(chunk, self._generate_batch([ids[i] for i in chunk], params)):
-                out[i] = g
+                out[i] = Generation(prefixes[i] + g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason)
         return out  # type: ignore[return-value]
 
     def _generate_batch(self, batch_ids: list[list[int]], params: SamplingParams) -> list[Generation]:
@@ -188,13 +194,14 @@ class TransformersEngine:
             results.append(Generation(text, len(prompt), n, reason))
         return results
 
-    def stream(self, user_turn: str, params: SamplingParams) -> Iterator[str]:
-        """Text deltas of one completion as they are generated (stop strings held back and cut)."""
+    def stream(self, user_turn: str, params: SamplingParams, prefix: str = "") -> Iterator[str]:
+        """Text deltas of one completion as they are generated (the prefix first; stop strings held back and cut)."""
         import torch
         from transformers import TextIteratorStreamer
 
-        ids = self.tokenizer(self.chat_text(user_turn), add_special_tokens=False, return_tensors="pt")
-        width = ids["input_ids"].shape[1]
+        prompt = self.prompt_ids(user_turn, prefix)
+        ids = {"input_ids": torch.tensor([prompt]), "attention_mask": torch.ones(1, len(prompt), dtype=torch.long)}
+        width = len(prompt)
         if width >= self.context:
             raise ValueError(f"prompt is {width} tokens; the model's context is {self.context}")
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -207,8 +214,22 @@ class TransformersEngine:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        yield from hold_back_stops(streamer, params.stop)
+        yield from hold_back_stops(_with_prefix(prefix, streamer), params.stop)
         thread.join()
+
+
+def _with_prefix(prefix: str, deltas: Iterator[str]) -> Iterator[str]:
+    if prefix:
+        yield prefix
+    yield from deltas
+
+
+def prompt_token_ids(tokenizer, user_turn: str, prefix: str = "") -> list[int]:
+    """Chat-templated user turn, then the assistant prefix, each tokenized on its own (as in training)."""
+    from treasure.formatting import chat_prompt_text
+
+    ids = tokenizer(chat_prompt_text(tokenizer, user_turn), add_special_tokens=False)["input_ids"]
+    return ids + (tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
 
 
 def hold_back_stops(deltas: Iterator[str], stop: list[str]) -> Iterator[str]:
@@ -266,21 +287,23 @@ class VLLMEngine:
 
         return chat_prompt_text(self.tokenizer, user_turn)
 
-    def generate(self, user_turns: list[str], params: SamplingParams) -> list[Generation]:
+    def generate(self, user_turns: list[str], params: SamplingParams, prefixes: list[str] | None = None) -> list[Generation]:
         sp = self._vllm.SamplingParams(
             max_tokens=params.max_tokens, temperature=effective_temperature(params.temperature), top_p=params.top_p,
             seed=params.seed, stop=list(params.stop) or None,
         )
-        texts = [self.chat_text(t) for t in user_turns]
+        prefixes = prefixes or [""] * len(user_turns)
+        prompts = [{"prompt_token_ids": prompt_token_ids(self.tokenizer, t, p)} for t, p in zip(user_turns, prefixes, strict=True)]
         out = []
-        for r in self.llm.generate(texts, sp, use_tqdm=False):
+        for r, prefix in zip(self.llm.generate(prompts, sp, use_tqdm=False), prefixes):
             c = r.outputs[0]
-            out.append(Generation(c.text, len(r.prompt_token_ids), len(c.token_ids), "length" if c.finish_reason == "length" else "stop"))
+            out.append(Generation(prefix + c.text, len(r.prompt_token_ids), len(c.token_ids),
+                                  "length" if c.finish_reason == "length" else "stop"))
         return out
 
-    def stream(self, user_turn: str, params: SamplingParams) -> Iterator[str]:
+    def stream(self, user_turn: str, params: SamplingParams, prefix: str = "") -> Iterator[str]:
         """The offline engine has no token stream: yields the whole completion as one delta."""
-        text = self.generate([user_turn], params)[0].text
+        text = self.generate([user_turn], params, [prefix])[0].text
         if text:
             yield text
 

@@ -11,7 +11,10 @@ formats the same example for the baseline: no blocks at all.
 >>> user
 'Tell me a joke. <TEMPLATE><domain>Culture</domain></TEMPLATE>'
 >>> assistant
-'<TEMPLATE><task>CreativeWriting</task><domain>Culture</domain></TEMPLATE>\\nWhy did the chicken...'
+'<TEMPLATE><domain>Culture</domain><task>CreativeWriting</task></TEMPLATE>\\nWhy did the chicken...'
+
+The completion block lists the prompt's markers first (here `domain`), then the ones the model
+infers, so at inference requested markers can open the model's block (`template.prefill_prefix`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def marker_turns(
     """(user turn, assistant turn) text; markers=None is the baseline (no blocks)."""
     if markers is None:
         return neutralize(prompt, taxonomy), neutralize(response, taxonomy)
-    return render_prompt(prompt, prompt_markers or {}, taxonomy), render_completion(markers, response, taxonomy)
+    return render_prompt(prompt, prompt_markers or {}, taxonomy), render_completion(markers, response, taxonomy, prompt_markers)
 
 
 @dataclass

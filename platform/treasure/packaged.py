@@ -33,4 +33,16 @@ def load_smollm2_model(dtype=None):
     """The real pretrained SmolLM2-135M-Instruct as a transformers causal LM (float32 on CPU)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, dtype=dtype)
+    lm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, dtype=dtype)
+    return as_plain_weights(lm)
+
+
+def as_plain_weights(lm):
+    """Forget that `lm` came from a GGUF file: transformers dequantized it into plain tensors, but
+    still flags it as quantized and then refuses `save_pretrained` ("quantized with gguf and is not
+    serializable"). The weights are ordinary float tensors, so the flags are simply wrong."""
+    lm.hf_quantizer = None
+    lm.is_quantized = False
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    return lm

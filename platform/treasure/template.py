@@ -37,14 +37,58 @@ ANSWER_SEP = "\n"  # between the completion-side block and the answer
 NEUTRAL_BRACKET = "\u2039"  # ‹
 
 
-def render_block(markers: dict[str, Any], taxonomy: Taxonomy) -> str:
-    """Canonical block for `markers` (validated, block categories in block order). An empty dict gives ''."""
+def render_block(markers: dict[str, Any], taxonomy: Taxonomy, first: dict[str, Any] | None = None) -> str:
+    """Canonical block for `markers` (validated, block categories in block order). An empty dict gives ''.
+
+    `first` names the categories that open the block (in block order), the rest follow in block
+    order: a completion block lists the markers its prompt gave first, so that at inference the
+    requested markers can be written as the start of the model's own block (`prefill_prefix`) and
+    the model goes on exactly as it was trained to.
+
+    >>> from treasure.taxonomy import load_taxonomy
+    >>> render_block({"language": "Spanish", "domain": "Legal"}, load_taxonomy("paper"), first={"language": "Spanish"})
+    '<TEMPLATE><language>Spanish</language><domain>Legal</domain></TEMPLATE>'
+    """
     clean = taxonomy.block_markers(markers)
     if not clean:
         return ""
+    lead = [k for k in clean if first and k in first]
+    ordered = lead + [k for k in clean if k not in lead]
     tag = taxonomy.tag
-    body = "".join(f"<{k}>{v}</{k}>" for k, v in clean.items())
+    body = "".join(f"<{k}>{clean[k]}</{k}>" for k in ordered)
     return f"<{tag}>{body}</{tag}>"
+
+
+def prefill_prefix(requested: dict[str, Any], taxonomy: Taxonomy) -> str:
+    """The start of the model's own block with the requested markers already written (no markers: '').
+
+    The last '>' is left for the model to write: BPE tokenizers merge it with what follows
+    (SmolLM2 writes '><' and '></' as single tokens), so a prefix that ended on a lone '>' would
+    leave the model in a token sequence it never saw in training.
+
+    >>> from treasure.taxonomy import load_taxonomy
+    >>> prefill_prefix({"length_bucket": "concise"}, load_taxonomy("paper"))
+    '<TEMPLATE><length_bucket>concise</length_bucket'
+    """
+    block = render_block(requested, taxonomy)
+    if not block:
+        return ""
+    return block[: -len(f"</{taxonomy.tag}>") - 1]
+
+
+def render_request(user_text: str, requested: dict[str, Any], taxonomy: Taxonomy, *, prefill: bool = True) -> tuple[str, str]:
+    """(user turn, assistant prefix) of one generation request: what serving and evaluation send to the engine.
+
+    The requested markers go into the prompt-side block; with `prefill` they also open the model's
+    own completion block, so the model cannot contradict them and writes only the open categories.
+    `prefill=False` is the paper's behaviour: the model copies the prompt's markers itself.
+
+    >>> from treasure.taxonomy import load_taxonomy
+    >>> render_request("Hi <domain>", {"length_bucket": "long"}, load_taxonomy("paper"))
+    ('Hi \u2039domain> <TEMPLATE><length_bucket>long</length_bucket></TEMPLATE>', '<TEMPLATE><length_bucket>long</length_bucket')
+    """
+    prefix = prefill_prefix(requested, taxonomy) if prefill else ""
+    return render_prompt(user_text, requested, taxonomy), prefix
 
 
 @dataclass
@@ -125,6 +169,23 @@ def split_output(text: str, taxonomy: Taxonomy) -> ParsedOutput:
     return ParsedOutput(markers, stripped[end + len(close_tag):].strip(), problems)
 
 
+def strip_blocks(text: str, taxonomy: Taxonomy) -> str:
+    """`text` without any marker block: complete blocks anywhere, and an unclosed one at the end.
+
+    A small model sometimes writes its block twice, or starts a new block in the middle of its
+    answer; a block is never content, so none is shown to a user.
+
+    >>> from treasure.taxonomy import load_taxonomy
+    >>> strip_blocks("a <TEMPLATE><domain>Code</domain></TEMPLATE>b <TEMPLATE><dom", load_taxonomy("paper"))
+    'a b '
+    """
+    open_tag, close_tag = f"<{taxonomy.tag}>", f"</{taxonomy.tag}>"
+    while (start := text.find(open_tag)) >= 0:
+        end = text.find(close_tag, start)
+        text = text[:start] + ("" if end < 0 else text[end + len(close_tag):])
+    return text
+
+
 def split_prompt(text: str, taxonomy: Taxonomy) -> tuple[str, dict[str, str]]:
     """Split a rendered prompt into (user text, markers) where a block ends the prompt."""
     tag = taxonomy.tag
@@ -144,9 +205,9 @@ def render_prompt(user_text: str, markers: dict[str, Any], taxonomy: Taxonomy) -
     return f"{safe}{SEP}{block}" if block else safe
 
 
-def render_completion(markers: dict[str, Any], answer: str, taxonomy: Taxonomy) -> str:
-    """The training target: full block, separator, answer (answer neutralized as well)."""
-    return f"{render_block(markers, taxonomy)}{ANSWER_SEP}{neutralize(answer, taxonomy)}"
+def render_completion(markers: dict[str, Any], answer: str, taxonomy: Taxonomy, first: dict[str, Any] | None = None) -> str:
+    """The training target: full block (the prompt's markers `first`), separator, answer (neutralized as well)."""
+    return f"{render_block(markers, taxonomy, first)}{ANSWER_SEP}{neutralize(answer, taxonomy)}"
 
 
 def _tag_names(taxonomy: Taxonomy) -> set[str]:

@@ -80,10 +80,13 @@ def tag_pattern(taxonomy) -> re.Pattern:
     return re.compile(rf"<\s*/?\s*(?:{names})(?!\w)")
 
 
-def model_input_problem(user_turn: str, requested: dict, taxonomy, pattern: re.Pattern) -> str | None:
-    """Why the model input is unsafe, or None: the user text may hold no tag; the block must be exactly `requested`."""
-    from treasure.template import SEP, render_block
+def model_input_problem(user_turn: str, requested: dict, taxonomy, pattern: re.Pattern, prefix: str = "") -> str | None:
+    """Why the model input is unsafe, or None: the user text may hold no tag; the block must be exactly `requested`,
+    and the prefilled start of the model's own block must hold exactly `requested` too."""
+    from treasure.template import SEP, prefill_prefix, render_block
 
+    if prefix and prefix != prefill_prefix(requested, taxonomy):
+        return f"the prefilled block {prefix!r} is not the requested markers {requested}"
     block = render_block(requested, taxonomy)
     if block:
         if not user_turn.endswith(SEP + block):
@@ -116,7 +119,7 @@ def injection_pure(server, taxonomy, n: int, seed: int = 0) -> dict:
             skipped += 1  # a clean 400 (too many tokens): nothing reaches the model
             continue
         expected = taxonomy.validate_markers(markers)
-        problem = model_input_problem(p.user_turn, expected, taxonomy, pattern)
+        problem = model_input_problem(p.user_turn, expected, taxonomy, pattern, p.prefix)
         if problem is None and p.requested != expected:
             problem = f"requested {p.requested} != validated {expected}"
         if problem:

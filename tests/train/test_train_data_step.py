@@ -6,6 +6,7 @@ import pytest
 
 from treasure.dropout import DropoutConfig
 from treasure.formatting import IGNORE_INDEX
+from treasure.template import split_output, split_prompt
 from treasure.train.data_step import batch_order, collate, completion_tokens, format_epoch, load_examples
 from treasure.train.loop import lr_multiplier
 from treasure.train.tokenizer_bpe import cached_bpe, train_bpe
@@ -32,9 +33,16 @@ def test_dropout_redrawn_per_epoch_and_repeatable(bpe, taxonomy):
     assert e0.input_ids == e0b.input_ids  # same (seed, id, epoch) → same draws (resume repeats them)
     assert e0.input_ids != e1.input_ids  # a new epoch draws anew
     # the completion (labels) always carries the full block: never dropped
-    full = "<TEMPLATE><task>Explanation</task><domain>Culture</domain><language>English</language></TEMPLATE>"
-    for labels in e1.labels:
-        assert bpe.decode([t for t in labels if t != IGNORE_INDEX]).startswith(full)
+    full = {"task": "Explanation", "domain": "Culture", "language": "English"}
+    for ids, labels in zip(e1.input_ids, e1.labels):
+        completion = bpe.decode([t for t in labels if t != IGNORE_INDEX])
+        parsed = split_output(completion, taxonomy)
+        assert parsed.markers == full and not parsed.problems
+        # the markers the prompt kept open the completion block, in block order; the rest follow
+        prompt_markers = split_prompt(bpe.decode([t for t, lab in zip(ids, labels) if lab == IGNORE_INDEX]).split("<|user|>\n")[-1]
+                                      .split("\n<|assistant|>")[0], taxonomy)[1]
+        order = list(prompt_markers) + [k for k in full if k not in prompt_markers]
+        assert completion.startswith("<TEMPLATE>" + "".join(f"<{k}>{full[k]}</{k}>" for k in order) + "</TEMPLATE>")
 
 
 def test_baseline_has_no_blocks_and_loss_only_on_completion(bpe, taxonomy):

@@ -17,6 +17,7 @@ from treasure import storage
 from treasure.annotate.merge import prov
 from treasure.annotate.quality import quality_buckets
 from treasure.annotate.report import marker_report, report_markdown, report_png
+from treasure.heldout import is_derived
 
 OUTPUT_COLUMNS = ["id", "prompt", "response", "source", "language", "metadata", "markers", "provenance"]
 
@@ -80,7 +81,9 @@ def publish(cfg, taxonomy, specs: list[dict], source_manifest: dict, run_id: str
     _write(err_uri, errs[ERROR_COLUMNS])
     files.append(err_uri)
 
-    report = marker_report([json.loads(m) for m in data["markers"]], taxonomy, cfg.tail_share)
+    # Length variants (treasure.corpus.length_variants) get their own rows in the per-source table.
+    sources = [f"{s} (variants)" if is_derived(i) else s for s, i in zip(data["source"], data["id"])]
+    report = marker_report([json.loads(m) for m in data["markers"]], taxonomy, cfg.tail_share, sources=sources)
     report_files = {"json": json.dumps(report, indent=2, ensure_ascii=False).encode(),
                     "md": report_markdown(report).encode(), "png": report_png(report)}
     for ext, blob in report_files.items():

@@ -17,9 +17,29 @@ from collections import Counter
 import numpy as np
 
 
-def marker_report(markers: list[dict], taxonomy, tail_share: float = 0.05) -> dict:
+def by_source(markers: list[dict], sources: list[str], category: str) -> dict[str, dict]:
+    """{source: {"rows": n, "values": {value: count}}} for one category: whether a prompt's source already
+    predicts the value (then the marker teaches the model nothing the prompt does not say).
+
+    >>> by_source([{"length_bucket": "long"}, {"length_bucket": "concise"}], ["a", "a"], "length_bucket")
+    {'a': {'rows': 2, 'values': {'concise': 1, 'long': 1}}}
+    """
+    out: dict[str, dict] = {}
+    for m, src in zip(markers, sources, strict=True):
+        entry = out.setdefault(src, {"rows": 0, "values": Counter()})
+        entry["rows"] += 1
+        if category in m:
+            entry["values"][m[category]] += 1
+    return {s: {"rows": e["rows"], "values": dict(sorted(e["values"].items()))} for s, e in sorted(out.items())}
+
+
+def marker_report(markers: list[dict], taxonomy, tail_share: float = 0.05, sources: list[str] | None = None,
+                  per_source: tuple[str, ...] = ("length_bucket",)) -> dict:
+    """Counts per category and value; with `sources` (one per row), `per_source` categories are also split by source."""
     n = len(markers)
     out = {"rows": n, "tail_share": tail_share, "taxonomy_version": taxonomy.version, "categories": {}}
+    if sources is not None:
+        out["by_source"] = {c: by_source(markers, sources, c) for c in per_source if c in taxonomy.names}
     for cat in taxonomy.categories:
         present = [m[cat.name] for m in markers if cat.name in m]
         entry: dict = {"kind": cat.kind, "rows_with_value": len(present), "coverage": round(len(present) / n, 4) if n else 0.0}
@@ -50,6 +70,13 @@ def report_markdown(report: dict) -> str:
             lines.append(f"| {name} | min {s['min']:g} / median {s['median']:g} / max {s['max']:g} | {entry['rows_with_value']} | {entry['coverage']:.2%} | numeric |")
         if not entry["rows_with_value"]:
             lines.append(f"| {name} | (no value) | 0 | 0.00% | - |")
+    for name, table in report.get("by_source", {}).items():
+        values = sorted({v for e in table.values() for v in e["values"]})
+        lines += ["", f"## {name} by source (share of the source's rows)", "",
+                  "| source | " + " | ".join(values) + " | rows |", "|---|" + "---|" * (len(values) + 1)]
+        for src, e in table.items():
+            shares = " | ".join(f"{e['values'].get(v, 0) / e['rows']:.2f}" for v in values)
+            lines.append(f"| {src} | {shares} | {e['rows']:,} |")
     return "\n".join(lines) + "\n"
 
 

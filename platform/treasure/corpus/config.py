@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from treasure.config import StrictModel
 
@@ -94,6 +94,23 @@ def default_sources() -> dict[str, SourceConfig]:
     }
 
 
+class LengthVariantsConfig(StrictModel):
+    """Derive shorter answers to the same prompts (treasure.corpus.length_variants), so that a length
+    marker carries information the prompt does not. Off unless `sources` names some."""
+
+    sources: list[str] = Field(default_factory=list, description="Sources whose long answers get variants (empty: none).")
+    budgets: list[int] = Field(default_factory=lambda: [40, 120], description="Word budgets: one variant per budget "
+                               "that is under 2/3 of the parent's length, cut at a sentence boundary to fit.")
+    min_words: int = Field(5, ge=1, description="A variant shorter than this many words is not made.")
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive(cls, budgets: list[int]) -> list[int]:
+        if any(b < 1 for b in budgets):
+            raise ValueError("length_variants.budgets must be positive word counts")
+        return budgets
+
+
 class NormalizeConfig(StrictModel):
     """Turn every configured source into one table: id, prompt, response, source, language, metadata."""
 
@@ -103,7 +120,16 @@ class NormalizeConfig(StrictModel):
     experiment: str = Field("treasure-demo", description="MLflow experiment name.")
     sources: dict[str, SourceConfig] = Field(default_factory=default_sources, description="Source name -> source config.")
     rows_per_file: int = Field(5000, ge=100, le=1_000_000, description="Rows per output Parquet part file.")
+    length_variants: LengthVariantsConfig = Field(default_factory=LengthVariantsConfig,
+                                                  description="Shorter-answer variants of long rows (off by default).")
     force: bool = Field(False, description="Recompute even when `output` already holds this config's committed result.")
+
+    @model_validator(mode="after")
+    def _variant_sources(self) -> "NormalizeConfig":
+        unknown = [s for s in self.length_variants.sources if s not in self.sources]
+        if unknown:
+            raise ValueError(f"length_variants.sources {unknown} are not configured sources: {list(self.sources)}")
+        return self
 
     @field_validator("sources")
     @classmethod

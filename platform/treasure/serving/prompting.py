@@ -2,9 +2,12 @@
 
 - `validate_requested`: check requested markers against the served taxonomy, collecting every
   problem with the allowed values (the API answers 422 with them).
-- `user_turn_for_prompt` / `user_turn_for_chat`: neutralize user text (marker-like tags in it are
-  defanged by `treasure.template.render_prompt`) and append the block of requested markers.
-- `finish_output`: split a complete raw output into answer and markers.
+- `request_for_prompt` / `request_for_chat`: (user turn, assistant prefix) through
+  `treasure.template.render_request`, the one rendering function evaluation uses too: user text
+  neutralized (marker-like tags defanged), the block of requested markers appended, and with
+  prefill the requested markers written as the start of the model's own block.
+- `finish_output`: split a complete raw output into answer and markers; every block the model
+  writes is stripped from the answer (a block is never content).
 - `BlockStripper`: the same for a stream of text deltas. It buffers until the leading block has
   closed, then releases answer text, holding back only what could still turn into a marker tag
   or trailing whitespace, so the concatenated stream equals the non-streamed answer exactly.
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treasure.taxonomy import Taxonomy
-from treasure.template import neutralize, render_prompt, split_output
+from treasure.template import neutralize, render_request, split_output, strip_blocks
 
 
 class MarkerError(ValueError):
@@ -59,12 +62,12 @@ def validate_requested(markers: dict[str, Any], taxonomy: Taxonomy) -> dict[str,
     return taxonomy.block_markers(markers)
 
 
-def user_turn_for_prompt(prompt: str, markers: dict[str, str], taxonomy: Taxonomy) -> str:
-    """The engine's user turn: neutralized prompt text plus the block of requested markers."""
-    return render_prompt(prompt, markers, taxonomy)
+def request_for_prompt(prompt: str, markers: dict[str, str], taxonomy: Taxonomy, prefill: bool = True) -> tuple[str, str]:
+    """(user turn, assistant prefix): neutralized prompt text plus the block of requested markers."""
+    return render_request(prompt, markers, taxonomy, prefill=prefill)
 
 
-def user_turn_for_chat(messages: list[Any], markers: dict[str, str], taxonomy: Taxonomy) -> str:
+def request_for_chat(messages: list[Any], markers: dict[str, str], taxonomy: Taxonomy, prefill: bool = True) -> tuple[str, str]:
     """One user turn from chat messages: system/developer text first, then the single user message.
 
     The models are trained on single-turn pairs, so earlier assistant turns are refused rather
@@ -81,7 +84,7 @@ def user_turn_for_chat(messages: list[Any], markers: dict[str, str], taxonomy: T
     if not users[0].content:
         raise ChatShapeError("the user message is empty")
     text = "\n\n".join(system + [users[0].content])
-    return render_prompt(text, markers, taxonomy)
+    return render_request(text, markers, taxonomy, prefill=prefill)
 
 
 @dataclass
@@ -94,7 +97,7 @@ class FinishedOutput:
 def finish_output(raw: str, taxonomy: Taxonomy) -> FinishedOutput:
     """Answer (block removed, marker-like tags neutralized, stripped) and the model's markers."""
     parsed = split_output(raw, taxonomy)
-    return FinishedOutput(neutralize(parsed.answer, taxonomy).strip(), parsed.markers, parsed.problems)
+    return FinishedOutput(neutralize(strip_blocks(parsed.answer, taxonomy), taxonomy).strip(), parsed.markers, parsed.problems)
 
 
 def split_inferred(model_markers: dict[str, str], requested: dict[str, str]) -> dict[str, str]:
@@ -136,6 +139,13 @@ def _pending_tag_start(text: str) -> int:
         if j >= n:
             return i
     return -1
+
+
+def _drop_closed_blocks(text: str, open_tag: str, close_tag: str) -> str:
+    """`text` without its complete blocks; an unclosed block (and what follows it) stays."""
+    while (start := text.find(open_tag)) >= 0 and (end := text.find(close_tag, start)) >= 0:
+        text = text[:start] + text[end + len(close_tag):]
+    return text
 
 
 class BlockStripper:
@@ -181,7 +191,8 @@ class BlockStripper:
         return self._release(final=False)
 
     def _release(self, final: bool) -> str:
-        body = self._body
+        # Complete blocks inside the answer go (as in finish_output's strip_blocks); an open one is held.
+        body = strip_blocks(self._body, self.taxonomy) if final else _drop_closed_blocks(self._body, self.open_tag, self.close_tag)
         if not self._started:
             body = body.lstrip()
         if final:
@@ -189,8 +200,10 @@ class BlockStripper:
         else:
             cut = len(body.rstrip())  # trailing whitespace waits: it is dropped if the answer ends here
             pending = _pending_tag_start(body[:cut])
-            if pending >= 0:
-                cut = pending
+            unclosed = body.find(self.open_tag)
+            for start in (pending, unclosed):
+                if start >= 0:  # whitespace before it waits too: it may open a block that is dropped, ending the answer
+                    cut = min(cut, len(body[:start].rstrip()))
             out, keep = body[:cut], body[cut:]
         self._body = keep
         if out:

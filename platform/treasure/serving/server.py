@@ -18,7 +18,7 @@ from treasure.serving.api_models import ChatCompletionRequest, GenerateRequest, 
 from treasure.serving.config import ServeConfig
 from treasure.serving.limits import LimitError, check_prompt_tokens, resolve_max_tokens
 from treasure.serving.prompting import (
-    BlockStripper, allowed_values, finish_output, split_inferred, user_turn_for_chat, user_turn_for_prompt,
+    BlockStripper, allowed_values, finish_output, request_for_chat, request_for_prompt, split_inferred,
     validate_requested,
 )
 from treasure.taxonomy import Taxonomy, load_taxonomy
@@ -57,6 +57,7 @@ class Prepared:
     """A validated request, ready for the engine."""
 
     user_turn: str
+    prefix: str  # the start of the model's own block (requested markers prefilled), or ''
     requested: dict[str, str]
     params: Any  # treasure.engine.SamplingParams
     prompt_tokens: int
@@ -97,25 +98,23 @@ class ModelServer:
         n = resolve_max_tokens(max_tokens, self.config.default_max_tokens, self.config.max_tokens_limit)
         return SamplingParams(max_tokens=n, temperature=req.temperature, top_p=req.top_p, seed=req.seed or 0)
 
-    def _count(self, user_turn: str) -> int:
-        text = self.engine.chat_text(user_turn)
-        return len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _prepare(self, turn: tuple[str, str], requested: dict[str, str], params) -> Prepared:
+        from treasure.engine import prompt_token_ids
 
-    def _prepare(self, user_turn: str, requested: dict[str, str], params) -> Prepared:
-        n = self._count(user_turn)
+        n = len(prompt_token_ids(self.engine.tokenizer, *turn))
         check_prompt_tokens(n, self.config.max_prompt_tokens)
-        return Prepared(user_turn, requested, params, n)
+        return Prepared(turn[0], turn[1], requested, params, n)
 
     def prepare_generate(self, req: GenerateRequest) -> Prepared:
         """Validate markers (MarkerError), bound tokens (LimitError), build the user turn."""
         requested = validate_requested(req.markers, self.taxonomy)
         params = self._params(req, req.max_tokens)
-        return self._prepare(user_turn_for_prompt(req.prompt, requested, self.taxonomy), requested, params)
+        return self._prepare(request_for_prompt(req.prompt, requested, self.taxonomy, self.config.prefill), requested, params)
 
     def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
         requested = validate_requested(req.markers, self.taxonomy)
         params = self._params(req, req.max_completion_tokens or req.max_tokens)
-        return self._prepare(user_turn_for_chat(req.messages, requested, self.taxonomy), requested, params)
+        return self._prepare(request_for_chat(req.messages, requested, self.taxonomy, self.config.prefill), requested, params)
 
     # --- engine calls ---------------------------------------------------------------------------
     def generate_batch(self, items: list[Prepared]) -> list[Any]:
@@ -126,7 +125,8 @@ class ModelServer:
         out: list[Any] = [None] * len(items)
         try:
             for idx in groups.values():
-                gens = self.engine.generate([items[i].user_turn for i in idx], items[idx[0]].params)
+                gens = self.engine.generate([items[i].user_turn for i in idx], items[idx[0]].params,
+                                            [items[i].prefix for i in idx])
                 self.health.batches += 1
                 self.health.batched_requests += len(idx)
                 for i, g in zip(idx, gens):
@@ -164,7 +164,7 @@ class ModelServer:
         """(answer delta, None) while generating, then ('', summary) with markers and usage last."""
         stripper = BlockStripper(self.taxonomy)
         try:
-            for delta in self.engine.stream(prepared.user_turn, prepared.params):
+            for delta in self.engine.stream(prepared.user_turn, prepared.params, prepared.prefix):
                 out = stripper.feed(delta)
                 if out:
                     yield out, None
@@ -172,8 +172,10 @@ class ModelServer:
             self.health.error, self.health.since = f"{type(e).__name__}: {e}", time.time()
             raise
         last, done = stripper.finish()
-        # The stream gives text, not token ids: re-tokenize (can differ by a token or two; capped).
-        completion = min(len(self.engine.tokenizer(stripper.raw, add_special_tokens=False)["input_ids"]),
+        # The stream gives text, not token ids: re-tokenize what the model wrote after the prefix
+        # (can differ by a token or two; capped).
+        written = stripper.raw[len(prepared.prefix):]
+        completion = min(len(self.engine.tokenizer(written, add_special_tokens=False)["input_ids"]),
                          prepared.params.max_tokens)
         finish = "length" if completion >= prepared.params.max_tokens else "stop"
         if last:

@@ -45,8 +45,11 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def unwrapped(model):
-    """The plain HF model under DDP/FSDP wrappers (peft models stay peft; see save_model)."""
-    return model.module if hasattr(model, "module") else model
+    """The plain HF model under DDP/FSDP and CompletionLM wrappers (peft models stay peft; see save_model)."""
+    from treasure.train.completion_loss import CompletionLM
+
+    model = model.module if hasattr(model, "module") else model
+    return model.lm if isinstance(model, CompletionLM) else model
 
 
 def model_state_dict(model, strategy: str) -> dict | None:
@@ -58,6 +61,8 @@ def model_state_dict(model, strategy: str) -> dict | None:
 
     with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
         state = model.state_dict()
+    # CompletionLM holds the HF model as `lm`: its keys carry that prefix, the HF folder's do not.
+    state = {k.removeprefix("lm."): v for k, v in state.items()}
     return state if dist.get_rank() == 0 else None
 
 

@@ -86,7 +86,13 @@ class TrainConfig(StrictModel):
     grad_clip: float = Field(1.0, gt=0.0, description="Max gradient norm.")
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks).")
     cpus_per_worker: int = Field(2, ge=1, le=256, description="CPUs each worker reserves (= torch threads on CPU).")
-    use_gpu: bool = Field(False, description="One GPU per worker, bf16 autocast, NCCL.")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Autocast dtype of forward and loss (weights and optimizer stay fp32). auto: bf16 on GPUs "
+        "and on CPUs with bf16 instructions (avx512_bf16 / AMX), else fp32 (docs/training.md has both measured).")
+    completion_logits: bool = Field(
+        True, description="Compute logits only at labelled (completion) positions: same loss, less work and memory; "
+        "models with post-processed logits (soft-capping, a logit scale) use their own forward whatever this says.")
     worker_resources: dict[str, float] = Field(
         default_factory=dict, exclude_if=unset,
         description="Custom Ray resources each worker reserves besides its CPUs / GPU (ScalingConfig.resources_per_worker), "

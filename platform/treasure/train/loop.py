@@ -4,7 +4,8 @@ Runs inside every TorchTrainer worker (DDP rank). Data arrives as this worker's 
 each epoch is formatted with fresh marker dropout and tokenized once (treasure.train.data_step);
 the loss falls on completion tokens only; gradients accumulate over `grad_accum` micro-batches;
 the LR warms up linearly, then follows a cosine (paper: 10 warm-up steps, peak 2.5e-4); bf16
-autocast on GPU. Rank 0 writes checkpoints (HF folder + taxonomy + resume state) and per-step
+autocast where `precision` resolves to it (GPUs, and CPUs with bf16 instructions); logits are
+computed only at labelled positions (treasure.train.completion_loss). Rank 0 writes checkpoints (HF folder + taxonomy + resume state) and per-step
 metrics to MLflow; the metrics stay tensors until every `log_every` steps (``StepLog``), so a step
 costs no host sync and no extra collective. A restarted worker group resumes from the last checkpoint at the same step,
 epoch and batch, so it replays the same batches and dropout draws.
@@ -154,7 +155,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from treasure.train import checkpoint as ckpt
     from treasure.train.config import TrainConfig
     from treasure.train.data_step import batch_order, collate, format_epoch, load_examples
-    from treasure.train.model_build import add_lora, build_model
+    from treasure.train.completion_loss import CompletionLM, supports_completion_logits
+    from treasure.train.model_build import add_lora, build_model, resolve_precision
 
     # --- setup: config, taxonomy, tokenizer, this worker's shard ---------------------------------
     cfg = TrainConfig.model_validate(loop_config["train"])
@@ -184,7 +186,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         lm = add_lora(lm, cfg.lora)
         if state is not None:
             lm.load_state_dict(state["adapter"], strict=False)
-    model = ray.train.torch.prepare_model(lm, parallel_strategy=cfg.strategy)
+    completion_only = cfg.completion_logits and supports_completion_logits(lm)
+    model = ray.train.torch.prepare_model(CompletionLM(lm) if completion_only else lm, parallel_strategy=cfg.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
@@ -195,10 +198,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
-    log_mlflow({"resumed_from_step": step, "torch_threads": torch.get_num_threads()}, step, flush=True)
+    precision = resolve_precision(cfg.precision, use_gpu=cfg.use_gpu)
+    log_mlflow({"resumed_from_step": step, "torch_threads": torch.get_num_threads(), "bf16_autocast": precision == "bf16",
+                "completion_only_logits": completion_only}, step, flush=True)
     step_log = StepLog(world)
     loop_start = time.perf_counter()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.use_gpu else contextlib.nullcontext)
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext)
 
     # --- epochs: fresh dropout draws, tokenized once; micro-batches → optimizer steps -------------
     model.train()
@@ -225,7 +230,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 last = micro == cfg.grad_accum - 1
                 sync = model.no_sync() if (world > 1 and not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
                 with sync, autocast():
-                    loss = model(**batch).loss / cfg.grad_accum  # mean over completion tokens (labels -100 elsewhere)
+                    out = model(**batch)  # mean over completion tokens (labels -100 elsewhere)
+                    loss = (out if completion_only else out.loss) / cfg.grad_accum
                 with sync:
                     loss.backward()
                 loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()  # stays a tensor

@@ -63,6 +63,27 @@ def build_model(model: ModelConfig, tokenizer, *, max_length: int, seed: int):
     return lm
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (avx512_bf16 or AMX), read from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: no reliable way to tell; fp32 is the safe choice
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, *, use_gpu: bool) -> str:
+    """'bf16' or 'fp32' for a train config's `precision` (auto: bf16 on GPUs and on CPUs with bf16 instructions).
+
+    >>> resolve_precision("fp32", use_gpu=True), resolve_precision("auto", use_gpu=True)
+    ('fp32', 'bf16')
+    """
+    if precision != "auto":
+        return precision
+    return "bf16" if use_gpu or cpu_has_bf16() else "fp32"
+
+
 def add_lora(lm, lora: LoraConfig):
     """Wrap `lm` with peft LoRA adapters (only they train)."""
     from peft import LoraConfig as PeftLora, get_peft_model

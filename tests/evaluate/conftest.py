@@ -6,12 +6,14 @@ import json
 
 import pytest
 
+# length_tokens as annotation counts the words: only the photosynthesis answer is longer than the
+# paper taxonomy's concise limit (299 words), so it is the pool of over-limit prompts.
 PROMPTS = [
-    ("Write a short poem about the sea.", "The sea is wide and blue.", {"task": "CreativeWriting", "domain": "Culture", "language": "English", "length_bucket": "concise"}),
-    ("Explain photosynthesis.", "Plants turn light into sugar. " * 30, {"task": "Explanation", "domain": "Sciences", "language": "English", "length_bucket": "medium"}),
-    ("Translate 'hello' into French.", "Bonjour", {"task": "Translation", "domain": "Conversation", "language": "English", "length_bucket": "concise"}),
-    ("Write a Python function that adds two numbers.", "```python\ndef add(a, b):\n    return a + b\n```", {"task": "CodeGeneration", "domain": "Code", "language": "English", "format": "Markdown", "code_type": "python", "length_bucket": "concise"}),
-    ("¿Qué es un contrato?", "Un contrato es un acuerdo legal entre dos partes.", {"task": "Explanation", "domain": "Legal", "language": "Spanish", "length_bucket": "concise"}),
+    ("Write a short poem about the sea.", "The sea is wide and blue.", {"task": "CreativeWriting", "domain": "Culture", "language": "English", "length_bucket": "concise", "length_tokens": "6"}),
+    ("Explain photosynthesis.", "Plants turn light into sugar. " * 70, {"task": "Explanation", "domain": "Sciences", "language": "English", "length_bucket": "medium", "length_tokens": "350"}),
+    ("Translate 'hello' into French.", "Bonjour", {"task": "Translation", "domain": "Conversation", "language": "English", "length_bucket": "concise", "length_tokens": "1"}),
+    ("Write a Python function that adds two numbers.", "```python\ndef add(a, b):\n    return a + b\n```", {"task": "CodeGeneration", "domain": "Code", "language": "English", "format": "Markdown", "code_type": "python", "length_bucket": "concise", "length_tokens": "14"}),
+    ("¿Qué es un contrato?", "Un contrato es un acuerdo legal entre dos partes.", {"task": "Explanation", "domain": "Legal", "language": "Spanish", "length_bucket": "concise", "length_tokens": "9"}),
 ]
 
 

@@ -31,24 +31,29 @@ def test_stage_end_to_end(ray_local, tiny_checkpoint, taxonomy, annotated_uri, j
     out = str(tmp_path / "eval")
     cfg = EvaluateConfig(
         input=annotated_uri, baseline=str(tiny_checkpoint), marked=str(tiny_checkpoint), output=out, heldout_fraction=0.2,
-        experiment="test-evaluate", generation={"batch_size": 8, "sampling": {"max_tokens": 6}}, length_control={"prompts": 4, "prompts_over_limit": False},  # fixture rows carry no length_tokens
+        experiment="test-evaluate", generation={"batch_size": 8, "sampling": {"max_tokens": 6}}, length_control={"prompts": 4},
         categories={"inference_prompts": 4, "adherence_prompts_per_value": 1, "adherence_max_values": 2},
         win_rate={"prompts": 3, "bootstrap_resamples": 200, "judge": {"type": "http", "model": "stub", "base_url": judge_server.url}},
     )
     summary = run(cfg)
     assert storage.read_manifest(out)["manifest_id"] == summary["manifest_id"]
     m = json.loads(storage.read_bytes(storage.join(out, "metrics.json")))
-    assert set(m["length_control"]["conditions"]) == {"baseline_instruction", "marked_instruction", "marked_marker"}
+    assert set(m["length_control"]["conditions"]) == {"baseline_instruction", "marked_instruction", "marked_marker", "marked_marker_copy"}
     assert m["length_control"]["conditions"]["marked_marker"]["n"] == 4
+    assert m["length_control"]["conditions"]["marked_marker"]["prefilled"] == 4 and m["length_control"]["conditions"]["marked_marker_copy"]["prefilled"] == 0
     assert set(m["inference"]["categories"]) >= {"domain", "task", "language"}
     assert set(m["adherence"]["categories"]) == {"length_bucket", "language", "format", "code_type"}
+    assert set(m["adherence"]["values"]["length_bucket"]) == {"concise", "medium", "long"}
+    assert all("mean_words" in r for r in m["adherence"]["values"]["length_bucket"].values())
+    assert set(m["adherence"]["length_separation"]["length_bucket"]) >= {"monotonic", "long_over_concise", "passed"}
     assert m["win_rates"]["marked_inferred"]["overall"]["n"] + m["win_rates"]["marked_inferred"]["overall"]["failed"] == 3
     assert m["win_rates"]["quality_steered"]["overall"]["n"] == 3
     for name in ("report.md", "violation_by_condition.png", "accuracy_by_category.png", "head_vs_tail.png", "data/generations.parquet"):
         assert storage.exists(storage.join(out, name)), name
     # MLflow holds the run with the headline metrics and the report.
     run_data = mlflow.get_run(summary["mlflow_run_id"])
-    assert "length_control.marked_marker.violation_rate" in run_data.data.metrics
+    assert {"length_control.marked_marker.violation_rate", "length_control.marked_marker_copy.violation_rate",
+            "adherence.length_bucket.concise.mean_words"} <= set(run_data.data.metrics)
     assert run_data.data.tags["stage"] == "evaluate"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["mlflow_run_id"], "evaluation")}
     assert "evaluation/report.md" in arts
@@ -57,8 +62,11 @@ def test_stage_end_to_end(ray_local, tiny_checkpoint, taxonomy, annotated_uri, j
 
     gens = pq.read_table(storage.join(out, "data/generations.parquet")).to_pylist()
     assert len(gens) == m["generations"]
-    sample = [g for g in gens if g["model"] == "marked"][:3]
-    local = generate_local([{"request_id": g["request_id"], "user_turn": g["user_turn"]} for g in sample],
+    # Prefilled requests come back with text that starts with their prefix (the block still parses).
+    prefilled = [g for g in gens if g["prefix"]]
+    assert prefilled and all(g["raw"].startswith(g["prefix"]) for g in prefilled)
+    sample = [g for g in gens if g["model"] == "marked" and g["prefix"]][:2] + [g for g in gens if g["model"] == "marked" and not g["prefix"]][:2]
+    local = generate_local([{"request_id": g["request_id"], "user_turn": g["user_turn"], "prefix": g["prefix"]} for g in sample],
                            EngineConfig(model=str(tiny_checkpoint), batch_size=8), SamplingParams(max_tokens=6), taxonomy, marked=True)
     assert [g["raw"] for g in sample] == [r["raw"] for r in local]
     assert all("<TEMPLATE>" not in g["answer"] for g in gens)

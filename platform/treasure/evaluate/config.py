@@ -34,7 +34,7 @@ class GenerationConfig(StrictModel):
 
 
 class LengthControlConfig(StrictModel):
-    """AlpacaEval-LI style: a word limit N per prompt, three conditions."""
+    """AlpacaEval-LI style: a word limit N per prompt, up to four conditions (treasure.evaluate.length_control)."""
 
     prompts: int = Field(40, ge=0, le=100000, description="Held-out prompts (0 skips length control).")
     length_marker: Literal["length_bucket", "length_tokens"] = Field("length_bucket", description="Marker fixed in the 'marker fixed' condition.")
@@ -45,6 +45,10 @@ class LengthControlConfig(StrictModel):
         True, description="Draw only held-out prompts whose reference answer (annotated length_tokens) is longer than the "
         "smallest limit: like AlpacaEval-LI, the limit then binds, since an unconstrained answer would break it. "
         "false: any held-out prompt (most short-answer prompts then pass under every condition).")
+    copy_condition: bool = Field(
+        True, description="Also measure 'marked_marker_copy': the length marker fixed in the prompt only (no prefill), so the "
+        "model must copy it into its own block (the paper's behaviour), next to 'marked_marker' in the same run. Left out "
+        "when evaluate.prefill is false, since 'marked_marker' is then that very condition.")
 
 
 class CategoryConfig(StrictModel):
@@ -55,10 +59,14 @@ class CategoryConfig(StrictModel):
     adherence_categories: list[str] = Field(default_factory=lambda: ["length_bucket", "language", "format", "code_type"], description="Categories fixed one at a time and re-annotated from the answer.")
     adherence_prompts_per_value: int = Field(8, ge=0, le=10000, description="Prompts per fixed (category, value) (0 skips adherence).")
     adherence_max_values: int = Field(6, ge=1, le=1000, description="Most values per category (the most frequent in the data first).")
+    adherence_length_over_limit: bool = Field(
+        True, description="length_bucket adherence draws only held-out prompts whose reference answer (annotated length_tokens) "
+        "is longer than the smallest bucket's limit, so asking for that bucket binds (as length_control.prompts_over_limit). "
+        "false: the same prompts as the other categories.")
 
 
 class WinRateConfig(StrictModel):
-    """Pairwise comparisons against the baseline."""
+    """Pairwise comparisons against the baseline; measured only with a judge (judge.type local or http)."""
 
     prompts: int = Field(30, ge=0, le=100000, description="Held-out prompts for win rates (0 skips them).")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The pairwise judge.")
@@ -78,6 +86,10 @@ class EvaluateConfig(StrictModel):
     heldout_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="Share of examples held out (must equal training's).")
     max_prompt_chars: int = Field(1000, ge=10, le=1000000, description="Held-out prompts longer than this are not used (a small model's context must hold prompt + answer).")
     tail_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="A marker value under this share of rows is in the tail band.")
+    prefill: bool = Field(
+        True, description="Write the requested markers as the start of the marked model's own block (treasure.template."
+        "render_request, as serving does), so it cannot contradict them. false: the paper's copy-only behaviour (the "
+        "markers only in the prompt; the model copies them into its block itself).")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Generation settings.")
     length_control: LengthControlConfig = Field(default_factory=LengthControlConfig, description="Length-instruction control.")
     categories: CategoryConfig = Field(default_factory=CategoryConfig, description="Marker inference and adherence.")

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from treasure import storage
-from treasure.heldout import is_heldout
+from treasure.heldout import is_derived, is_heldout
 
 
 @dataclass
@@ -45,7 +45,7 @@ def read_annotated(uri: str) -> tuple[list[Example], dict]:
 def split(rows: list[Example], seed: int, fraction: float) -> tuple[list[Example], list[Example]]:
     """(training rows, held-out rows), each sorted by id so the order never depends on files."""
     train = sorted((r for r in rows if not is_heldout(r.id, seed, fraction)), key=lambda r: r.id)
-    held = sorted((r for r in rows if is_heldout(r.id, seed, fraction)), key=lambda r: r.id)
+    held = sorted((r for r in rows if is_heldout(r.id, seed, fraction) and not is_derived(r.id)), key=lambda r: r.id)
     return train, held
 
 

@@ -1,9 +1,11 @@
 """Batched generation for evaluation: requests → engine → parsed rows (pure), over Ray Data (shell).
 
-A request row carries `request_id` and `user_turn` (block already rendered) plus any columns the
-caller wants back. Each result row adds:
+A request row carries `request_id`, `user_turn` and `prefix`, both from
+`treasure.template.render_request` (the prompt-side block already in the user turn; the prefix opens
+the model's own block with the requested markers, '' when none is prefilled; a row without the
+column has none), plus any columns the caller wants back. Each result row adds:
 
-    raw            the model's full output (block + answer)
+    raw            the model's full output (starts with the prefix: block + answer)
     answer         the answer with the block parsed off (never contains block text)
     inferred       JSON {category: value} the model wrote in its block ({} for a baseline)
     block_ok       the output opened and closed a block with no parse problems
@@ -36,8 +38,14 @@ def parse_generation(gen: Generation, taxonomy: Taxonomy, marked: bool) -> dict[
 
 
 def run_requests(engine, rows: list[dict], params: SamplingParams, taxonomy: Taxonomy, marked: bool) -> list[dict]:
-    gens = engine.generate([r["user_turn"] for r in rows], params)
+    """Generate for `rows` on one engine; the text starts with each row's prefix, so the block still parses."""
+    gens = engine.generate([r["user_turn"] for r in rows], params, [prefix_of(r) for r in rows])
     return [{**r, **parse_generation(g, taxonomy, marked)} for r, g in zip(rows, gens)]
+
+
+def prefix_of(row: dict) -> str:
+    """The row's assistant prefix ('' when it has none); Ray Data hands strings back as numpy scalars."""
+    return str(row.get("prefix") or "")
 
 
 def generate_local(rows: list[dict], engine_config: EngineConfig, params: SamplingParams, taxonomy: Taxonomy, marked: bool) -> list[dict]:
@@ -55,7 +63,8 @@ class EngineActor:
         self.params = SamplingParams.model_validate(params)
 
     def __call__(self, batch: dict) -> dict:
-        rows = [{"request_id": i, "model": m, "user_turn": u} for i, m, u in zip(batch["request_id"], batch["model"], batch["user_turn"])]
+        rows = [{"request_id": i, "model": m, "user_turn": u, "prefix": str(p)}
+                for i, m, u, p in zip(batch["request_id"], batch["model"], batch["user_turn"], batch["prefix"])]
         out: dict[str, dict] = {}
         for name in dict.fromkeys(r["model"] for r in rows):
             if name not in self.engines:
@@ -72,9 +81,9 @@ def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: di
                   resources: dict[str, float] | None = None) -> list[dict]:
     """Generate for every request row over one Ray Data actor pool; rows come back in order, with their own columns.
 
-    Each row needs `request_id` (unique per model), `model` (a key of `engines`) and `user_turn`; its other
-    columns travel untouched (Ray Data only sees the three columns above). `resources` (custom Ray
-    resources per actor) pins the actors to the nodes that offer them.
+    Each row needs `request_id` (unique per model), `model` (a key of `engines`) and `user_turn`, and may
+    carry `prefix`; its other columns travel untouched (Ray Data only sees these four). `resources`
+    (custom Ray resources per actor) pins the actors to the nodes that offer them.
     """
     import ray
 
@@ -86,7 +95,7 @@ def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: di
     unknown = {r["model"] for r in rows} - set(engines)
     if unknown:
         raise ValueError(f"rows name models without an engine: {sorted(unknown)}")
-    slim = [{"request_id": i, "model": r["model"], "user_turn": r["user_turn"]} for i, r in zip(ids, rows)]
+    slim = [{"request_id": i, "model": r["model"], "user_turn": r["user_turn"], "prefix": prefix_of(r)} for i, r in zip(ids, rows)]
     ds = ray.data.from_items(slim).map_batches(
         EngineActor,
         fn_constructor_kwargs={"engines": {k: c.model_dump() for k, c in engines.items()}, "marked": marked,

@@ -12,13 +12,17 @@ import json
 from treasure.evaluate import metrics
 from treasure.evaluate.examples import Example
 from treasure.taxonomy import Taxonomy
-from treasure.template import render_prompt
+from treasure.template import render_request
 
 
 def requests(examples: list[Example], taxonomy: Taxonomy) -> list[dict]:
-    """Plain prompts (no block): the same rows serve the baseline and the marked model."""
-    return [{"request_id": f"plain:{ex.id}", "example_id": ex.id, "prompt": ex.prompt,
-             "annotated": json.dumps(ex.markers), "user_turn": render_prompt(ex.prompt, {}, taxonomy)} for ex in examples]
+    """Plain prompts (no block, no prefix): the same rows serve the baseline and the marked model."""
+    rows = []
+    for ex in examples:
+        user_turn, prefix = render_request(ex.prompt, {}, taxonomy)
+        rows.append({"request_id": f"plain:{ex.id}", "example_id": ex.id, "prompt": ex.prompt,
+                     "annotated": json.dumps(ex.markers), "user_turn": user_turn, "prefix": prefix})
+    return rows
 
 
 def score(rows: list[dict], categories: list[str], bands: dict[str, dict[str, str]]) -> dict:

@@ -2,7 +2,9 @@
 
     run(config) assumes Ray is up; it reads the annotated dataset and both checkpoints, generates
     every answer it needs in one pass per model (Ray Data actor pool), scores length control,
-    marker inference, adherence and win rates, and publishes under `output`:
+    marker inference, adherence and win rates (only with a judge: winrate.not_measured_reason),
+    and publishes under `output`. Every request is rendered by treasure.template.render_request,
+    as serving renders it (`prefill` decides whether requested markers open the model's block):
 
     metrics.json, report.md, *.png     the report (also logged to MLflow as artifacts)
     data/generations.parquet           every request with its raw output, parsed answer, markers
@@ -48,16 +50,30 @@ def plan(config: EvaluateConfig, taxonomy, held, counts, quality_reference) -> d
     if outside:
         raise ValueError(f"evaluate asks the model about {sorted(set(outside))}, which taxonomy {taxonomy.name!r} leaves out of "
                          f"the marker block (block: {taxonomy.block_names})")
-    plain_n = max(c.inference_prompts, config.win_rate.prompts)
-    plain = inference.requests(sample(held, plain_n, config.seed, "plain"), taxonomy)
-    lc = length_control.requests(sample(length_control.eligible(held, config.length_control, taxonomy), config.length_control.prompts, config.seed, "length"), config.length_control, taxonomy) \
+    # Win-rate requests only where a judge will read them: without one they cost generation and mean nothing.
+    win_n = config.win_rate.prompts if winrate.not_measured_reason(config.win_rate) is None else 0
+    plain = inference.requests(sample(held, max(c.inference_prompts, win_n), config.seed, "plain"), taxonomy)
+    lc = length_control.requests(sample(length_control.eligible(held, config.length_control, taxonomy), config.length_control.prompts, config.seed, "length"),
+                                 config.length_control, taxonomy, prefill=config.prefill) \
         if config.length_control.prompts else {"baseline": [], "marked": []}
+    adh = _adherence_requests(config, taxonomy, held, counts)
+    quality = winrate.quality_requests(sample(held, win_n, config.seed, "plain"), quality_reference, taxonomy, prefill=config.prefill) \
+        if win_n and "quality_bucket" in taxonomy.block_names else []
+    return {"baseline": plain[:win_n] + lc["baseline"], "marked": plain + lc["marked"] + adh + quality}
+
+
+def _adherence_requests(config: EvaluateConfig, taxonomy, held, counts) -> list[dict]:
+    """Adherence rows; length_bucket draws its prompts from the over-limit pool (adherence.length_eligible)."""
+    c = config.categories
+    if not c.adherence_prompts_per_value:
+        return []
     adh_plan = {cat: adherence.values_to_test(cat, taxonomy, counts, c.adherence_max_values)
-                for cat in c.adherence_categories if cat in taxonomy.block_names} if c.adherence_prompts_per_value else {}
-    adh = adherence.requests(sample(held, c.adherence_prompts_per_value, config.seed, "adherence"), adh_plan, taxonomy)
-    quality = winrate.quality_requests(sample(held, config.win_rate.prompts, config.seed, "plain"), quality_reference, taxonomy) \
-        if config.win_rate.prompts and "quality_bucket" in taxonomy.block_names else []
-    return {"baseline": plain[: max(config.win_rate.prompts, 0)] + lc["baseline"], "marked": plain + lc["marked"] + adh + quality}
+                for cat in c.adherence_categories if cat in taxonomy.block_names}
+    examples = {}
+    for cat in adh_plan:
+        pool = adherence.length_eligible(held, taxonomy) if cat == "length_bucket" and c.adherence_length_over_limit else held
+        examples[cat] = sample(pool, c.adherence_prompts_per_value, config.seed, "adherence")
+    return adherence.requests(examples, adh_plan, taxonomy, prefill=config.prefill)
 
 
 def score_all(config: EvaluateConfig, taxonomy, rows: list[dict], bands, judge) -> dict:
@@ -83,8 +99,16 @@ def score_all(config: EvaluateConfig, taxonomy, rows: list[dict], bands, judge) 
     adh_rows = [r for r in marked if r["request_id"].startswith("adh:")]
     for r in adh_rows:
         r["observed"] = adherence.reannotate(r["answer"], r["category"], r["language"], taxonomy)
+        if adherence.is_length(r["category"]):
+            r["words"] = adherence.word_count(r["answer"], r["language"])
     if adh_rows:
-        out["adherence"] = adherence.score(adh_rows, bands)
+        order = {cat: [b.value for b in taxonomy.category(cat).buckets] for cat in {r["category"] for r in adh_rows}
+                 if adherence.is_length(cat) and taxonomy.category(cat).kind == "bucket"}
+        out["adherence"] = adherence.score(adh_rows, bands, order)
+        if "length_bucket" in out["adherence"]["categories"]:
+            out["adherence"]["length_bucket_selection"] = (
+                "held-out prompts whose reference answer is longer than the smallest bucket's limit"
+                if config.categories.adherence_length_over_limit else "the same held-out prompts as the other categories")
     if judge is not None:
         out["win_rates"] = _win_rates(config, rows, by_id, lc_rows, bands, judge)
     return out
@@ -137,14 +161,17 @@ def run(config: EvaluateConfig, *, parent_run_id: str | None = None) -> dict:
     with tracking.run(config.experiment, "evaluate", config=config, taxonomy=taxonomy, lineage=lineage, parent_run_id=parent_run_id,
                       tags={"stage": "evaluate"}) as active:
         generated = _generate(requests, {"baseline": base_dir, "marked": marked_dir}, config, taxonomy)
-        judge = None
-        if config.win_rate.prompts and config.win_rate.judge.type != "none":
+        judge, not_measured = None, winrate.not_measured_reason(config.win_rate)
+        if not_measured is None:
             from treasure.evaluate.judge import load_judge
 
             judge = load_judge(config.win_rate.judge)
         m = score_all(config, taxonomy, generated, bands, judge)
+        if not_measured is not None:
+            m["win_rates_not_measured"] = not_measured
         m.update(models={"baseline": config.baseline, "marked": config.marked}, taxonomy_version=taxonomy.version,
-                 judge=f"{config.win_rate.judge.type}:{config.win_rate.judge.model}",
+                 judge=f"{config.win_rate.judge.type}:{config.win_rate.judge.model}" if judge is not None else "none",
+                 prefill=config.prefill,
                  data={"input": config.input, "rows": len(rows), "heldout_rows": len(held_all), "heldout_used": len(held),
                        "train_rows": len(train_rows)},
                  bands=bands, generations=len(generated))

@@ -1,4 +1,8 @@
-"""Win rates against the baseline: which pairs are compared, and the breakdown by head/tail band.
+"""Win rates against the baseline: whether they are measured, which pairs are compared, the head/tail breakdown.
+
+Only a judge measures a win rate (judge.type local or http). A likelihood scorer ranks fluent,
+predictable text, not better answers, so with judge.type likelihood or none nothing is computed
+and the report says "not measured" with the reason (`not_measured_reason`).
 
 Comparisons (each one row per held-out prompt, candidate = A, baseline = B):
     marked_inferred   marked model, no markers           vs baseline
@@ -12,11 +16,31 @@ from __future__ import annotations
 import json
 
 from treasure.evaluate import metrics
+from treasure.evaluate.config import WinRateConfig
 from treasure.evaluate.examples import Example
 from treasure.taxonomy import Taxonomy
-from treasure.template import render_prompt
+from treasure.template import render_request
 
 BAND_CATEGORIES = ("domain", "task")
+JUDGES = ("local", "http")  # the judge types whose verdicts are win rates
+
+
+def not_measured_reason(config: WinRateConfig) -> str | None:
+    """Why win rates are not measured under `config` (None: they are).
+
+    >>> not_measured_reason(WinRateConfig(judge={"type": "http"})) is None
+    True
+    >>> not_measured_reason(WinRateConfig(judge={"type": "none"}))
+    'no judge model configured (win_rate.judge.type=none); set win_rate.judge.type=http with a real judge'
+    """
+    if config.prompts == 0:
+        return "win_rate.prompts is 0"
+    if config.judge.type == "likelihood":
+        return ("a likelihood scorer is not a judge (win_rate.judge.type=likelihood): it favours fluent, predictable text; "
+                "set win_rate.judge.type=http with a real judge")
+    if config.judge.type not in JUDGES:
+        return f"no judge model configured (win_rate.judge.type={config.judge.type}); set win_rate.judge.type=http with a real judge"
+    return None
 
 
 def quality_markers(language: str | None, quality_reference: dict[str, float], taxonomy: Taxonomy) -> dict[str, str]:
@@ -30,10 +54,15 @@ def quality_markers(language: str | None, quality_reference: dict[str, float], t
     return taxonomy.block_markers(markers)
 
 
-def quality_requests(examples: list[Example], quality_reference: dict[str, float], taxonomy: Taxonomy) -> list[dict]:
-    return [{"request_id": f"quality:{ex.id}", "example_id": ex.id, "prompt": ex.prompt, "annotated": json.dumps(ex.markers),
-             "user_turn": render_prompt(ex.prompt, quality_markers(ex.markers.get("language"), quality_reference, taxonomy), taxonomy)}
-            for ex in examples]
+def quality_requests(examples: list[Example], quality_reference: dict[str, float], taxonomy: Taxonomy, *, prefill: bool = True) -> list[dict]:
+    """One marked-model row per example with the quality markers requested (rendered as serving renders them)."""
+    rows = []
+    for ex in examples:
+        markers = quality_markers(ex.markers.get("language"), quality_reference, taxonomy)
+        user_turn, prefix = render_request(ex.prompt, markers, taxonomy, prefill=prefill)
+        rows.append({"request_id": f"quality:{ex.id}", "example_id": ex.id, "prompt": ex.prompt, "annotated": json.dumps(ex.markers),
+                     "user_turn": user_turn, "prefix": prefix})
+    return rows
 
 
 def summarize(judgements, annotated: list[dict[str, str]], bands: dict[str, dict[str, str]], *, n_resamples: int, seed: int) -> dict:

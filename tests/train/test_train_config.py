@@ -26,4 +26,4 @@ def test_demo_section_and_baseline_override(repo):
 ])
 def test_bad_configs_fail_loudly(repo, override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(TrainConfig, repo / "pipelines/configs/demo.yaml", override, section="train")
+        load_config(TrainConfig, repo / "pipelines/configs/ci.yaml", override, section="train")  # the tiny model

@@ -101,3 +101,22 @@ def test_cosine_schedule_with_warmup():
     lrs = [lr_multiplier(s, warmup_steps=10, max_steps=100, min_lr_ratio=0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[10] == 1.0
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 0.1
+
+
+def test_prompt_budget_skips_the_same_examples_for_baseline_and_marked(bpe, taxonomy):
+    """A long prompt would push a short answer's end-of-turn token past max_length: such examples are skipped and counted."""
+    rows = _rows(8)
+    rows[3]["prompt"] = "A much longer question about the item and its history, " * 4
+    ex = load_examples(rows, taxonomy)
+    from treasure.train.data_step import _bare_prompt_length
+
+    budget = max(_bare_prompt_length(bpe, e, taxonomy) for e in ex if e.id != "r003")
+    assert _bare_prompt_length(bpe, ex[3], taxonomy) > budget
+    kw = dict(dropout=DropoutConfig(dataset_rate=0.0, sample_rate=0.0), seed=0, epoch=0, max_length=512, max_prompt_length=budget)
+    marked = format_epoch(ex, bpe, taxonomy, markers=True, **kw)
+    baseline = format_epoch(ex, bpe, taxonomy, markers=False, **kw)
+    assert marked.skipped == baseline.skipped == ["r003"]
+    unbounded = format_epoch(ex, bpe, taxonomy, markers=True, **{**kw, "max_prompt_length": None})
+    assert unbounded.skipped == [] and len(unbounded.ids) == 8
+    for labels in marked.labels:  # every kept example ends with its end-of-turn token
+        assert bpe.decode([t for t in labels if t != IGNORE_INDEX]).endswith("</s>")

@@ -73,6 +73,10 @@ class TrainConfig(StrictModel):
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA option (peft).")
     max_length: int = Field(256, ge=16, le=131072, description="Context length; completions are cut to fit, "
                             "examples whose prompt alone does not fit are skipped and counted.")
+    max_prompt_length: int | None = Field(
+        None, ge=8, description="Skip (and count) examples whose bare prompt (chat template and user text, without the "
+        "marker block, so the baseline skips the same ones) is longer than this many tokens: every answer that should "
+        "end then has room for its end-of-turn token within max_length. None: only prompts that do not fit are skipped.")
     max_examples: int | None = Field(None, ge=1, description="Use only the first N rows (by id); None = all.")
     heldout_seed: int = Field(0, ge=0, description="Seed of the held-out split (treasure.heldout); must equal evaluate.heldout_seed.")
     heldout_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="Share of examples held out for evaluation and never trained on; must equal evaluate.heldout_fraction.")

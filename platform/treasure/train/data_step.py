@@ -6,7 +6,11 @@ of similar length into batches (less padding) in an order fixed by (seed, epoch)
 (epoch, batch index) therefore replays the very same batches and draws.
 
 Examples are cut to `max_length` (the completion's tail goes); an example whose prompt alone
-does not fit is skipped and counted in ``EpochData.skipped``, never dropped silently.
+does not fit, or whose bare prompt (chat template and user text, no marker block: the same for the
+baseline and the marked model) is longer than `max_prompt_length` tokens, is skipped and counted in
+``EpochData.skipped``, never dropped silently. Why a prompt budget: a cut completion loses its
+end-of-turn token, so a short answer behind a long prompt would teach "keep writing" under a
+concise length marker; capping the prompt leaves room for every answer that should end.
 
 >>> from treasure.taxonomy import load_taxonomy
 >>> from treasure.dropout import DropoutConfig
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from treasure.dropout import DropoutConfig, draw_prompt_markers
-from treasure.formatting import IGNORE_INDEX, format_example, marker_turns
+from treasure.formatting import IGNORE_INDEX, chat_prompt_text, format_example, marker_turns
 from treasure.taxonomy import Taxonomy
 
 # Batches are formed inside windows of this many batches sorted by length: less padding, still shuffled.
@@ -74,7 +78,7 @@ class EpochData:
 
 def format_epoch(
     examples: list[Example], tokenizer, taxonomy: Taxonomy, *, markers: bool, dropout: DropoutConfig,
-    seed: int, epoch: int, max_length: int,
+    seed: int, epoch: int, max_length: int, max_prompt_length: int | None = None,
 ) -> EpochData:
     """Render, drop out and tokenize every example for `epoch` (markers=False: the baseline)."""
     data = EpochData()
@@ -86,7 +90,7 @@ def format_epoch(
             user, assistant = marker_turns(ex.prompt, ex.response, None, None, taxonomy)
         f = format_example(tokenizer, user, assistant)
         prompt_len = len(f.labels) - sum(1 for x in f.labels if x != IGNORE_INDEX)
-        if prompt_len >= max_length:
+        if prompt_len >= max_length or (max_prompt_length is not None and _bare_prompt_length(tokenizer, ex, taxonomy) > max_prompt_length):
             data.skipped.append(ex.id)
             continue
         if len(f.input_ids) > max_length:
@@ -95,6 +99,11 @@ def format_epoch(
         data.input_ids.append(f.input_ids[:max_length])
         data.labels.append(f.labels[:max_length])
     return data
+
+
+def _bare_prompt_length(tokenizer, ex: Example, taxonomy: Taxonomy) -> int:
+    user, _ = marker_turns(ex.prompt, ex.response, None, None, taxonomy)
+    return len(tokenizer(chat_prompt_text(tokenizer, user), add_special_tokens=False)["input_ids"])
 
 
 def batch_order(lengths: list[int], batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:

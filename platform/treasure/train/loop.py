@@ -209,13 +209,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model.train()
     while step < cfg.max_steps:
         data = format_epoch(examples, tokenizer, taxonomy, markers=cfg.markers, dropout=cfg.dropout,
-                            seed=cfg.seed, epoch=epoch, max_length=cfg.max_length)
+                            seed=cfg.seed, epoch=epoch, max_length=cfg.max_length,
+                            max_prompt_length=cfg.max_prompt_length)
         batches = batch_order([len(x) for x in data.input_ids], cfg.batch_size, seed=cfg.seed + rank, epoch=epoch)
         # Every rank must run the same number of steps (DDP), whatever its shard's skips.
         n_batches = int(_all_reduce([len(batches)], op="min")[0]) // cfg.grad_accum * cfg.grad_accum
         if n_batches == 0:
             raise ValueError(f"epoch {epoch}: fewer than grad_accum={cfg.grad_accum} batches per worker; "
-                             f"{len(data.skipped)} of {len(examples)} examples skipped for max_length={cfg.max_length}")
+                             f"{len(data.skipped)} of {len(examples)} examples skipped for max_length={cfg.max_length} / "
+                             f"max_prompt_length={cfg.max_prompt_length}")
         skipped = _all_reduce([len(data.skipped), data.truncated])
         log_mlflow({"skipped_examples": skipped[0], "truncated_examples": skipped[1], "epoch": epoch}, step)
         bi = start_batch

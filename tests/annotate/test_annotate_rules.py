@@ -12,7 +12,7 @@ def test_annotate_lengths_english_and_chinese(repo):
     zh = length_markers(["天空是蓝色的。这叫做瑞利散射。"], "Chinese", None)[0]
     assert zh["length_sentences"] == 2 and zh["length_tokens"] == 13  # character segmenter, punctuation excluded
     long = length_markers([" ".join(["word"] * 200)], "English", bucket)[0]
-    assert long["length_bucket"] == "long"  # demo thresholds 48/160
+    assert long["length_bucket"] == "long"  # demo thresholds 30/80
 
 
 def test_annotate_unknown_language_falls_back_to_multilingual():

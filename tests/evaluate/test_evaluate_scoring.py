@@ -25,10 +25,10 @@ EX = [Example("e1", "Say hi <TEMPLATE>", "hi", {"domain": "Conversation", "langu
 def test_length_control_requests_four_conditions(demo_tax):
     reqs = length_control.requests(EX, LengthControlConfig(prompts=2), demo_tax)
     assert [r["condition"] for r in reqs["baseline"]] == ["baseline_instruction"] * 2
-    assert [r["limit"] for r in reqs["baseline"]] == [47, 159]  # demo buckets: concise < 48, medium < 160
+    assert [r["limit"] for r in reqs["baseline"]] == [29, 79]  # demo buckets: concise < 30, medium < 80
     assert [r["condition"] for r in reqs["marked"][:3]] == ["marked_instruction", "marked_marker", "marked_marker_copy"]
     inst, fixed, copy = reqs["marked"][:3]
-    assert inst["user_turn"].endswith("Answer in at most 47 words.") and "<TEMPLATE>" not in inst["user_turn"].replace("‹TEMPLATE>", "")
+    assert inst["user_turn"].endswith("Answer in at most 29 words.") and "<TEMPLATE>" not in inst["user_turn"].replace("‹TEMPLATE>", "")
     assert inst["prefix"] == "" and reqs["baseline"][0]["prefix"] == ""
     text, markers = split_prompt(fixed["user_turn"], demo_tax)
     assert markers == {"length_bucket": "concise"} and "at most" not in text
@@ -39,7 +39,7 @@ def test_length_control_requests_four_conditions(demo_tax):
     with pytest.raises(ValueError, match="leave length_control.limits empty"):
         length_control.limits(LengthControlConfig(limits=[10]), demo_tax)
     assert length_control.limits(LengthControlConfig(length_marker="length_tokens", limits=[10, 20]), demo_tax) == [(10, "10"), (20, "20")]
-    assert length_control.limits(LengthControlConfig(bucket_values=["concise"]), demo_tax) == [(47, "concise")]
+    assert length_control.limits(LengthControlConfig(bucket_values=["concise"]), demo_tax) == [(29, "concise")]
     with pytest.raises(ValueError, match="not bounded buckets"):
         length_control.limits(LengthControlConfig(bucket_values=["long"]), demo_tax)
 
@@ -82,11 +82,11 @@ def test_serving_and_evaluation_share_the_prefill_rendering(demo_tax, prefill):
 
 
 def test_length_control_draws_prompts_whose_reference_breaks_the_limit(demo_tax):
-    rows = [Example(f"e{n}", "q", "a", {"length_tokens": str(n)}) for n in (3, 47, 48, 300)] + [Example("none", "q", "a", {})]
-    cfg = LengthControlConfig(bucket_values=["concise"])  # N = 47
-    assert [e.id for e in length_control.eligible(rows, cfg, demo_tax)] == ["e48", "e300"]
+    rows = [Example(f"e{n}", "q", "a", {"length_tokens": str(n)}) for n in (3, 29, 30, 300)] + [Example("none", "q", "a", {})]
+    cfg = LengthControlConfig(bucket_values=["concise"])  # N = 29
+    assert [e.id for e in length_control.eligible(rows, cfg, demo_tax)] == ["e30", "e300"]
     assert len(length_control.eligible(rows, cfg.model_copy(update={"prompts_over_limit": False}), demo_tax)) == 5
-    with pytest.raises(ValueError, match="no held-out prompt has a reference answer longer than 47 words"):
+    with pytest.raises(ValueError, match="no held-out prompt has a reference answer longer than 29 words"):
         length_control.eligible(rows[:2], cfg, demo_tax)
 
 
@@ -123,6 +123,10 @@ def test_inference_score_counts_missing_as_wrong():
     assert s["values"]["domain"]["Legal"]["n"] == 2 and s["bands"]["domain"]["tail"]["n"] == 1
     assert s["block_ok"]["k"] == 1
     assert s["bands"]["task"] == {"tail": {"k": 0, "n": 1, "rate": 0.0, "low": 0.0, "high": pytest.approx(0.7935, abs=1e-3)}}
+    assert s["majority"] == {}  # no training counts given: no floor to show
+    with_floor = inference.score(rows, ["domain"], bands, {"domain": {"Legal": 90, "Medical": 10}})
+    assert with_floor["majority"]["domain"]["value"] == "Legal"
+    assert (with_floor["majority"]["domain"]["k"], with_floor["majority"]["domain"]["n"]) == (2, 3)  # "Legal" always: 2 of 3
 
 
 def test_adherence_reannotates_like_annotation(demo_tax):
@@ -153,9 +157,9 @@ def test_adherence_plan_and_score(demo_tax):
 
 
 def test_adherence_length_prompts_are_over_the_concise_limit(demo_tax):
-    rows = [Example(f"e{n}", "q", "a", {"length_tokens": str(n)}) for n in (3, 47, 48, 300)] + [Example("none", "q", "a", {})]
-    assert [e.id for e in adherence.length_eligible(rows, demo_tax)] == ["e48", "e300"]  # demo: concise < 48 words
-    with pytest.raises(ValueError, match="longer than 47 words"):
+    rows = [Example(f"e{n}", "q", "a", {"length_tokens": str(n)}) for n in (3, 29, 30, 300)] + [Example("none", "q", "a", {})]
+    assert [e.id for e in adherence.length_eligible(rows, demo_tax)] == ["e30", "e300"]  # demo: concise < 30 words
+    with pytest.raises(ValueError, match="longer than 29 words"):
         adherence.length_eligible(rows[:2], demo_tax)
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 
 
-def by_source(markers: list[dict], sources: list[str], category: str) -> dict[str, dict]:
+def by_source(markers: list[dict], sources: list[str], category: str, order: list[str] | None = None) -> dict[str, dict]:
     """{source: {"rows": n, "values": {value: count}}} for one category: whether a prompt's source already
     predicts the value (then the marker teaches the model nothing the prompt does not say).
 
@@ -30,7 +30,9 @@ def by_source(markers: list[dict], sources: list[str], category: str) -> dict[st
         entry["rows"] += 1
         if category in m:
             entry["values"][m[category]] += 1
-    return {s: {"rows": e["rows"], "values": dict(sorted(e["values"].items()))} for s, e in sorted(out.items())}
+    rank = {v: i for i, v in enumerate(order or [])}  # the taxonomy's value order (concise, medium, long), else by name
+    return {s: {"rows": e["rows"], "values": dict(sorted(e["values"].items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))}
+            for s, e in sorted(out.items())}
 
 
 def marker_report(markers: list[dict], taxonomy, tail_share: float = 0.05, sources: list[str] | None = None,
@@ -39,7 +41,8 @@ def marker_report(markers: list[dict], taxonomy, tail_share: float = 0.05, sourc
     n = len(markers)
     out = {"rows": n, "tail_share": tail_share, "taxonomy_version": taxonomy.version, "categories": {}}
     if sources is not None:
-        out["by_source"] = {c: by_source(markers, sources, c) for c in per_source if c in taxonomy.names}
+        out["by_source"] = {c: {"values": taxonomy.category(c).allowed, "sources": by_source(markers, sources, c, taxonomy.category(c).allowed)}
+                            for c in per_source if c in taxonomy.names}
     for cat in taxonomy.categories:
         present = [m[cat.name] for m in markers if cat.name in m]
         entry: dict = {"kind": cat.kind, "rows_with_value": len(present), "coverage": round(len(present) / n, 4) if n else 0.0}
@@ -70,8 +73,10 @@ def report_markdown(report: dict) -> str:
             lines.append(f"| {name} | min {s['min']:g} / median {s['median']:g} / max {s['max']:g} | {entry['rows_with_value']} | {entry['coverage']:.2%} | numeric |")
         if not entry["rows_with_value"]:
             lines.append(f"| {name} | (no value) | 0 | 0.00% | - |")
-    for name, table in report.get("by_source", {}).items():
-        values = sorted({v for e in table.values() for v in e["values"]})
+    for name, split in report.get("by_source", {}).items():
+        table = split["sources"]
+        seen = {v for e in table.values() for v in e["values"]}
+        values = [v for v in split["values"] or sorted(seen) if v in seen]
         lines += ["", f"## {name} by source (share of the source's rows)", "",
                   "| source | " + " | ".join(values) + " | rows |", "|---|" + "---|" * (len(values) + 1)]
         for src, e in table.items():

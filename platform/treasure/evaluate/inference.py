@@ -2,7 +2,9 @@
 
 Accuracy per category counts every held-out example the annotation gave a value for that
 category; a missing or malformed inferred value is wrong. Per-value accuracy (by the annotated
-value) feeds the long-tail breakdown.
+value) feeds the long-tail breakdown. Next to each accuracy stands the majority-class rate: what
+always answering the category's most frequent training value would score on the same rows, the
+floor a model must beat before its inference means anything.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ def requests(examples: list[Example], taxonomy: Taxonomy) -> list[dict]:
     return rows
 
 
-def score(rows: list[dict], categories: list[str], bands: dict[str, dict[str, str]]) -> dict:
-    """{"block_ok": Rate, "categories": {cat: Rate}, "values": {cat: {value: Rate}}, "bands": {cat: {band: Rate}}}."""
+def score(rows: list[dict], categories: list[str], bands: dict[str, dict[str, str]],
+          train_counts: dict[str, dict[str, int]] | None = None) -> dict:
+    """{"block_ok": Rate, "categories": {cat: Rate}, "values": {cat: {value: Rate}}, "bands": {cat: {band: Rate}},
+    "majority": {cat: Rate + "value"}} (majority only for categories in `train_counts`)."""
     out: dict = {"block_ok": metrics.wilson(sum(bool(r["block_ok"]) for r in rows), len(rows)).as_dict(),
-                 "categories": {}, "values": {}, "bands": {}}
+                 "categories": {}, "values": {}, "bands": {}, "majority": {}}
     for cat in categories:
         expected, predicted = [], []
         for r in rows:
@@ -39,6 +43,9 @@ def score(rows: list[dict], categories: list[str], bands: dict[str, dict[str, st
         if not expected:
             continue
         out["categories"][cat] = metrics.accuracy(predicted, expected).as_dict()
+        if (train_counts or {}).get(cat):
+            top = max(train_counts[cat].items(), key=lambda kv: (kv[1], kv[0]))[0]
+            out["majority"][cat] = {**metrics.accuracy([top] * len(expected), expected).as_dict(), "value": top}
         hits = [p == e for p, e in zip(predicted, expected)]
         out["values"][cat] = {v: r.as_dict() for v, r in metrics.grouped_rate(expected, hits).items()}
         cat_bands = bands.get(cat, {})

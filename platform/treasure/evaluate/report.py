@@ -50,10 +50,12 @@ def markdown(m: dict) -> str:
     inf = m.get("inference")
     if inf:
         lines += ["## Marker inference (marked model, no markers given)", "", f"Well-formed block: {_rate_cell(inf['block_ok'])}", "",
-                  "| category | accuracy | head | tail |", "|---|---|---|---|"]
+                  "| category | accuracy | majority class (its rate on the same rows) | head | tail |", "|---|---|---|---|---|"]
         for cat, r in inf["categories"].items():
             b = inf["bands"].get(cat, {})
-            lines.append(f"| {cat} | {_rate_cell(r)} | {_rate_cell(b['head']) if 'head' in b else ''} | {_rate_cell(b['tail']) if 'tail' in b else ''} |")
+            maj = inf.get("majority", {}).get(cat)
+            maj_cell = f"{maj['value']}: {_rate_cell(maj)}" if maj else ""
+            lines.append(f"| {cat} | {_rate_cell(r)} | {maj_cell} | {_rate_cell(b['head']) if 'head' in b else ''} | {_rate_cell(b['tail']) if 'tail' in b else ''} |")
         lines.append("")
     lines += _adherence_section(m.get("adherence"))
     lines += _win_rate_section(m)
@@ -192,6 +194,8 @@ def flat_metrics(m: dict) -> dict[str, float]:
         out["inference.block_ok"] = inf["block_ok"]["rate"]
     for cat, r in inf.get("categories", {}).items():
         out[f"inference.{cat}.accuracy"] = r["rate"]
+    for cat, r in inf.get("majority", {}).items():
+        out[f"inference.{cat}.majority_rate"] = r["rate"]
     adh = m.get("adherence", {})
     for cat, r in adh.get("categories", {}).items():
         out[f"adherence.{cat}.rate"] = r["rate"]

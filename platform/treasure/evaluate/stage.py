@@ -76,7 +76,7 @@ def _adherence_requests(config: EvaluateConfig, taxonomy, held, counts) -> list[
     return adherence.requests(examples, adh_plan, taxonomy, prefill=config.prefill)
 
 
-def score_all(config: EvaluateConfig, taxonomy, rows: list[dict], bands, judge) -> dict:
+def score_all(config: EvaluateConfig, taxonomy, rows: list[dict], bands, judge, train_counts: dict | None = None) -> dict:
     """Metrics from generated rows (rows carry `model` and `request_id`)."""
     # A prompt the model's context cannot hold has no answer to score: it is counted, and its
     # example leaves every comparison it belongs to (so conditions stay paired).
@@ -95,7 +95,8 @@ def score_all(config: EvaluateConfig, taxonomy, rows: list[dict], bands, judge) 
                                               if config.length_control.prompts_over_limit else "any held-out prompt")
     plain_marked = [r for r in marked if r["request_id"].startswith("plain:")]
     if config.categories.inference_prompts:
-        out["inference"] = inference.score(plain_marked[: config.categories.inference_prompts], config.categories.inference_categories, bands)
+        out["inference"] = inference.score(plain_marked[: config.categories.inference_prompts], config.categories.inference_categories, bands,
+                                           train_counts)
     adh_rows = [r for r in marked if r["request_id"].startswith("adh:")]
     for r in adh_rows:
         r["observed"] = adherence.reannotate(r["answer"], r["category"], r["language"], taxonomy)
@@ -166,7 +167,7 @@ def run(config: EvaluateConfig, *, parent_run_id: str | None = None) -> dict:
             from treasure.evaluate.judge import load_judge
 
             judge = load_judge(config.win_rate.judge)
-        m = score_all(config, taxonomy, generated, bands, judge)
+        m = score_all(config, taxonomy, generated, bands, judge, counts)
         if not_measured is not None:
             m["win_rates_not_measured"] = not_measured
         m.update(models={"baseline": config.baseline, "marked": config.marked}, taxonomy_version=taxonomy.version,

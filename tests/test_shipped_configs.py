@@ -62,3 +62,19 @@ def test_stage_sections_override_like_the_scripts():
     assert cfg.markers is False and cfg.output == "runs/x"
     raw = yaml.safe_load((REPO / "pipelines/configs/demo.yaml").read_text())
     assert set(raw) == {"pipeline", "normalize", "annotate", "train", "evaluate"}
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml", "ci.yaml"])
+def test_evaluation_asks_only_what_the_trained_block_holds(name):
+    """The evaluate stage refuses (after both models trained) to ask about a category outside the marker
+    block; a shipped config must never get that far to find out."""
+    from treasure.config import load_config
+    from treasure.pipeline import PipelineConfig
+    from treasure.taxonomy import load_taxonomy
+
+    stages = load_config(PipelineConfig, REPO / "pipelines" / "configs" / name).stage_configs()
+    taxonomy_ref = stages["train_marked"].taxonomy
+    taxonomy = load_taxonomy(REPO / taxonomy_ref if taxonomy_ref.endswith(".yaml") else taxonomy_ref)
+    ev = stages["evaluate"]
+    asked = {*ev.categories.inference_categories, *ev.categories.adherence_categories, ev.length_control.length_marker}
+    assert asked & set(taxonomy.names) <= set(taxonomy.block_names), (sorted(asked - set(taxonomy.block_names)), taxonomy.block_names)

@@ -68,8 +68,8 @@ def test_report_absent_win_rates_from_older_metrics():
 def test_plan_skips_win_rate_requests_without_a_judge(judge_type, repo):
     from treasure.evaluate.stage import plan
 
-    tax = load_taxonomy(repo / "pipelines/configs/taxonomy_demo.yaml")
-    held = [Example(f"e{i}", f"Question {i}?", "a", {"length_tokens": "100", "language": "English"}) for i in range(6)]
+    tax = load_taxonomy("paper")  # every category in the block, quality_bucket too (quality-steered requests)
+    held = [Example(f"e{i}", f"Question {i}?", "a", {"length_tokens": "2000", "language": "English"}) for i in range(6)]
     base = {"input": "in", "baseline": "b", "marked": "m", "output": "out",
             "length_control": {"prompts": 2, "bucket_values": ["concise"]},
             "categories": {"inference_prompts": 2, "adherence_prompts_per_value": 1, "adherence_categories": ["length_bucket"]}}

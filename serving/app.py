@@ -5,10 +5,13 @@ Run (from the repository root, Ray started locally by `serve run`):
     serve run serving.app:build_app config=serving/serve_app.yaml max_batch_size=4
 Deploy on a running cluster with autoscaling: `serve deploy serving/serve_config.yaml`.
 
-Routes: POST /v1/generate, POST /v1/chat/completions (OpenAI-compatible, `markers` as an extra
-body field, SSE streaming), GET /v1/taxonomy, GET /healthz. Non-streamed requests are batched
-with @serve.batch over the engine's batched generate; overload beyond max_ongoing_requests +
-max_queued_requests is answered 503 by Serve itself, before any work is done.
+Routes: POST /v1/generate, POST /v1/completions and /v1/chat/completions (OpenAI-compatible,
+`markers` as an extra body field, SSE streaming), GET /v1/models, GET /v1/taxonomy, GET /healthz.
+With `engine: vllm` every request goes straight to vLLM's async engine (continuous batching, token
+streams; a stream the client leaves is aborted in the engine). With `engine: transformers` (the
+fallback without vLLM) non-streamed requests are batched with @serve.batch over the engine's
+batched generate. Overload beyond max_ongoing_requests + max_queued_requests is answered 503 by
+Serve itself, before any work is done, for streams as for plain requests.
 """
 
 import asyncio
@@ -22,10 +25,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
+from starlette.concurrency import iterate_in_threadpool
 
 from treasure.config import load_config
 from treasure.serving import sse
-from treasure.serving.api_models import ChatCompletionRequest, GenerateRequest
+from treasure.serving.api_models import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from treasure.serving.auth import AuthError, check_bearer, token_from_env
 from treasure.serving.batching import ConcurrencyTracker
 from treasure.serving.config import ServeConfig
@@ -97,7 +101,7 @@ def make_deployment(config: ServeConfig):
                 problems = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()]
                 raise _BadBody("invalid request: " + "; ".join(problems)) from None
 
-        async def _handle(self, request: Request, model, prepare, respond, stream_fn):
+        async def _handle(self, request: Request, model, prepare, respond, events):
             try:
                 t0 = time.perf_counter()
                 req = await self._parse(request, model)
@@ -105,17 +109,25 @@ def make_deployment(config: ServeConfig):
                 prepared = prepare(req)
                 t2 = time.perf_counter()
                 if req.stream:
-                    return StreamingResponse(stream_fn(prepared), media_type="text/event-stream",
+                    if prepared.n > 1:
+                        raise LimitError(400, "stream supports n=1 only", param="n")
+                    return StreamingResponse(self._events(events, prepared), media_type="text/event-stream",
                                              headers={"Cache-Control": "no-cache"})
-                self.concurrency.enter()
-                try:
-                    # Wait for a batch to fill only while other clients are around (see batching.py).
-                    self._batched.set_batch_wait_timeout_s(self.concurrency.batch_wait(self.config.batch_wait_timeout_s))
-                    gen, started, ended = await self._batched(prepared)
-                finally:
-                    self.concurrency.exit()
+                if self.core.is_async:
+                    started = time.perf_counter()
+                    results = await self.core.agenerate(prepared)
+                    ended = time.perf_counter()
+                else:
+                    self.concurrency.enter()
+                    try:
+                        # Wait for a batch to fill only while other clients are around (see batching.py).
+                        self._batched.set_batch_wait_timeout_s(self.concurrency.batch_wait(self.config.batch_wait_timeout_s))
+                        gens, started, ended = await self._batched(prepared)
+                    finally:
+                        self.concurrency.exit()
+                    results = self.core.results_for(prepared, gens)
                 t3 = time.perf_counter()
-                response = JSONResponse(respond(prepared, gen))
+                response = JSONResponse(respond(prepared, results))
                 t4 = time.perf_counter()
                 # queue: batch wait + hop into the worker thread; back: hop out of it to this request.
                 response.headers["Server-Timing"] = server_timing({
@@ -132,6 +144,8 @@ def make_deployment(config: ServeConfig):
                 return _error(400, str(e), "invalid_request_error", "messages")
             except LimitError as e:
                 return _error(e.status, str(e), "request_too_large" if e.status == 413 else "invalid_request_error", e.param)
+            except ValueError as e:  # the engine refused this request's input (e.g. a prompt past the context)
+                return _error(400, str(e), "invalid_request_error", "prompt")
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.003)
         async def _batched(self, items: list[Prepared]) -> list[tuple[Any, float, float]]:
@@ -139,7 +153,7 @@ def make_deployment(config: ServeConfig):
             return await asyncio.to_thread(self._timed_generate, items)
 
         def _timed_generate(self, items: list[Prepared]) -> list[tuple[Any, float, float]]:
-            """(Generation, engine start, engine end) per item; the times feed Server-Timing."""
+            """(Generations, engine start, engine end) per item; the times feed Server-Timing."""
             started = time.perf_counter()
             gens = self.core.generate_batch(items)
             ended = time.perf_counter()
@@ -151,10 +165,23 @@ def make_deployment(config: ServeConfig):
             return await self._handle(request, GenerateRequest, self.core.prepare_generate, self.core.response_for,
                                       self._generate_events)
 
+        @api.post("/v1/completions", openapi_extra=_body_doc(CompletionRequest))
+        async def completions(self, request: Request):
+            return await self._handle(request, CompletionRequest, self.core.prepare_completion,
+                                      self.core.completion_response_for, self._completion_events)
+
         @api.post("/v1/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest))
         async def chat_completions(self, request: Request):
             return await self._handle(request, ChatCompletionRequest, self.core.prepare_chat,
                                       self.core.chat_response_for, self._chat_events)
+
+        @api.get("/v1/models")
+        async def models(self, request: Request):
+            try:
+                check_bearer(request.headers.get("authorization"), self.token)
+            except AuthError as e:
+                return _error(401, str(e), "authentication_error")
+            return self.core.models_body()
 
         @api.get("/v1/taxonomy")
         async def taxonomy(self, request: Request):
@@ -167,7 +194,7 @@ def make_deployment(config: ServeConfig):
         @api.get("/healthz")
         async def healthz(self):
             try:
-                await asyncio.to_thread(self.core.check_health)
+                await self.core.acheck_health()
             except Exception as e:
                 return _error(503, str(e), "engine_unhealthy")
             return {"status": "ok", "model": self.core.model_name, "taxonomy_version": self.core.taxonomy.version,
@@ -175,33 +202,48 @@ def make_deployment(config: ServeConfig):
 
         async def check_health(self):
             """Serve's replica health check: raising makes Serve replace this replica."""
-            await asyncio.to_thread(self.core.check_health)
+            await self.core.acheck_health()
 
-        # --- streaming (sync generators: Starlette iterates them in a worker thread) --------------
-        def _generate_events(self, prepared: Prepared):
+        # --- streaming ------------------------------------------------------------------------------
+        async def _events(self, events, prepared: Prepared):
+            """SSE events of one streamed request: `events` shapes the deltas; an engine failure after
+            the headers went out is reported in-band as an error event, then the stream ends."""
+            if self.core.is_async:
+                deltas = self.core.arun(prepared)
+            else:  # the transformers stream is a blocking iterator: run it off the event loop
+                deltas = iterate_in_threadpool(self.core.stream(prepared))
             try:
-                for delta, summary in self.core.stream(prepared):
-                    if summary is None:
-                        yield sse.event({"text": delta})
-                    else:
-                        yield sse.event({**summary, "model": self.core.model_name})
-            except Exception as e:  # headers are gone: report in-band, then end the stream
-                yield sse.event({"error": {"message": f"{type(e).__name__}: {e}", "type": "engine_error"}})
-            yield sse.DONE
-
-        def _chat_events(self, prepared: Prepared):
-            cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.core.model_name
-            yield sse.chat_chunk(cid, created, model, {"role": "assistant", "content": ""})
-            try:
-                for delta, summary in self.core.stream(prepared):
-                    if summary is None:
-                        yield sse.chat_chunk(cid, created, model, {"content": delta})
-                    else:
-                        yield sse.chat_chunk(cid, created, model, {}, summary["finish_reason"],
-                                             markers=summary["markers"], usage=summary["usage"])
+                async for line in events(deltas):
+                    yield line
             except Exception as e:
                 yield sse.event({"error": {"message": f"{type(e).__name__}: {e}", "type": "engine_error"}})
             yield sse.DONE
+
+        async def _generate_events(self, deltas):
+            async for delta, summary in deltas:
+                if summary is None:
+                    yield sse.event({"text": delta})
+                else:
+                    yield sse.event({**summary, "model": self.core.model_name})
+
+        async def _chat_events(self, deltas):
+            cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.core.model_name
+            yield sse.chat_chunk(cid, created, model, {"role": "assistant", "content": ""})
+            async for delta, summary in deltas:
+                if summary is None:
+                    yield sse.chat_chunk(cid, created, model, {"content": delta})
+                else:
+                    yield sse.chat_chunk(cid, created, model, {}, summary["finish_reason"],
+                                         markers=summary["markers"], usage=summary["usage"])
+
+        async def _completion_events(self, deltas):
+            cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), self.core.model_name
+            async for delta, summary in deltas:
+                if summary is None:
+                    yield sse.completion_chunk(cid, created, model, delta)
+                else:
+                    yield sse.completion_chunk(cid, created, model, "", summary["finish_reason"],
+                                               markers=summary["markers"], usage=summary["usage"])
 
     return TreasureServer
 

@@ -132,3 +132,22 @@ def mlflow_store(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
         yield f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory, taxonomy):
+    """The real SmolLM2-135M-Instruct (packaged, exported once as a plain HF folder) in the checkpoint
+    layout, as an untrained base model (`markers: false`): what vLLM serves in the default suite."""
+    import json
+
+    from treasure.packaged import smollm2_hf_dir
+
+    out = tmp_path_factory.mktemp("smollm2_checkpoint")
+    for f in smollm2_hf_dir().iterdir():
+        (out / f.name).symlink_to(f)
+    (out / "taxonomy.yaml").write_text(taxonomy.to_yaml())
+    (out / "treasure.json").write_text(json.dumps({
+        "markers": False, "taxonomy_version": taxonomy.version, "data_manifest_id": None,
+        "config": {}, "step": 0, "quality_reference": {},
+    }))
+    return out

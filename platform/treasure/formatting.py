@@ -51,9 +51,11 @@ class Formatted:
     completion_text: str
 
 
-def chat_prompt_text(tokenizer, user_turn: str) -> str:
-    """The model's chat template around one user turn, ending where the assistant starts."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_turn}], tokenize=False, add_generation_prompt=True)
+def chat_prompt_text(tokenizer, user_turn: str | list[dict[str, str]]) -> str:
+    """The model's chat template around one user turn (or a conversation ending with one), ending
+    where the assistant starts."""
+    messages = user_turn if isinstance(user_turn, list) else [{"role": "user", "content": user_turn}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def format_example(tokenizer, user_turn: str, assistant_turn: str, max_length: int | None = None) -> Formatted:

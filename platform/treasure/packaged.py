@@ -37,6 +37,37 @@ def load_smollm2_model(dtype=None):
     return as_plain_weights(lm)
 
 
+def smollm2_hf_dir(cache_root: str | Path | None = None) -> Path:
+    """SmolLM2 as a plain Hugging Face folder (safetensors + tokenizer), written once and reused.
+
+    vLLM loads folders, not this GGUF file, so the packaged model is dequantized and saved once
+    under `cache_root` (default: $TREASURE_CACHE or ~/.cache/treasure). The folder is written
+    under a temporary name and renamed into place, so a crash never leaves a half-written model
+    that a later run would load.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    root = Path(cache_root or os.environ.get("TREASURE_CACHE") or Path.home() / ".cache" / "treasure")
+    out = root / "smollm2-135m-instruct-hf"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=root))
+    try:
+        load_smollm2_model().save_pretrained(tmp)
+        load_smollm2_tokenizer().save_pretrained(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process won the race: its folder is complete, use it
+            if not (out / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def as_plain_weights(lm):
     """Forget that `lm` came from a GGUF file: transformers dequantized it into plain tensors, but
     still flags it as quantized and then refuses `save_pretrained` ("quantized with gguf and is not

@@ -32,7 +32,7 @@ def test_loads_a_registered_mlflow_model(tmp_path, tiny_checkpoint, taxonomy, mo
     srv = ModelServer(ServeConfig(checkpoint="models:/tiny-marked/1", max_tokens_limit=8, default_max_tokens=4))
     assert srv.taxonomy.version == taxonomy.version and srv.model_name == "tiny-marked/1"
     p = srv.prepare_generate(GenerateRequest(prompt="hi", markers={"domain": "Legal"}))
-    body = srv.response_for(p, srv.generate_batch([p])[0])
+    body = srv.response_for(p, srv.results_for(p, srv.generate_batch([p])[0]))
     assert body["markers"]["requested"] == {"domain": "Legal"} and body["usage"]["completion_tokens"] <= 4
 
 
@@ -44,10 +44,15 @@ def test_missing_checkpoint_is_a_clear_error():
 def test_batch_groups_by_sampling_params_and_keeps_order(server):
     reqs = [GenerateRequest(prompt=f"q{i}", max_tokens=3 + i % 2) for i in range(4)]
     prepared = [server.prepare_generate(r) for r in reqs]
-    together = server.generate_batch(prepared)
-    alone = [server.generate_batch([p])[0] for p in prepared]
+    together = [gens[0] for gens in server.generate_batch(prepared)]
+    alone = [server.generate_batch([p])[0][0] for p in prepared]
     assert [g.completion_tokens <= p.params.max_tokens for g, p in zip(together, prepared)] == [True] * 4
     assert [g.text for g in together] == [g.text for g in alone]  # greedy: batching does not change answers
+    # The engine's budget is the answer's plus the block's own; the answer alone is held to max_tokens.
+    assert [p.params.max_tokens - p.answer_tokens for p in prepared] == [server.block_tokens] * 4
+    for p, g in zip(prepared, together):
+        (result,) = server.results_for(p, [g])
+        assert len(server.engine.tokenizer(result.text, add_special_tokens=False)["input_ids"]) <= p.answer_tokens
 
 
 def test_health_check_fails_when_the_engine_breaks_and_recovers(server):

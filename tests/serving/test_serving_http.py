@@ -129,12 +129,13 @@ def test_error_paths(base, body, status, needle):
     assert needle in r.json()["error"]["message"]
 
 
-def test_bad_json_and_multi_turn_chat(base):
+def test_bad_json_and_chat_shapes(base):
     r = httpx.post(f"{base}/v1/generate", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]["message"]
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
-    r = post(base, "/v1/chat/completions", {"messages": msgs})
-    assert r.status_code == 400 and "single-turn" in r.json()["error"]["message"]
+    assert post(base, "/v1/chat/completions", {"messages": msgs, "max_tokens": 2}).status_code == 200  # history is kept
+    r = post(base, "/v1/chat/completions", {"messages": msgs[:2]})
+    assert r.status_code == 400 and "end with a user message" in r.json()["error"]["message"]
 
 
 def test_chunked_body_over_the_limit_is_413(base):

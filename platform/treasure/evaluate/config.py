@@ -17,6 +17,8 @@ class GenerationConfig(StrictModel):
 
     backend: Literal["transformers", "vllm"] = Field("transformers", description="Engine backend (treasure.engine).")
     device: str = Field("cpu", description="torch device of each engine actor.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, exclude_if=unset, description="Weights dtype; None: bfloat16 for vllm where the hardware has it natively, else float32.")
     num_actors: int = Field(1, ge=1, le=1024, description="Engine actors per model (Ray Data actor pool size).")
     cpus_per_actor: float = Field(1.0, gt=0, le=256, description="CPUs Ray reserves for each engine actor.")
     gpus_per_actor: float = Field(0.0, ge=0, le=8, description="GPUs Ray reserves for each engine actor.")

@@ -54,7 +54,7 @@ def generate_local(rows: list[dict], engine_config: EngineConfig, params: Sampli
 
 
 class EngineActor:
-    """The engines of every model on one Ray actor (loaded on first use); rows name their model."""
+    """The engine of one model on a Ray actor (loaded on first use); rows name their model."""
 
     def __init__(self, engines: dict[str, dict], marked: dict[str, bool], params: dict, taxonomy: Taxonomy):
         self.configs = {name: EngineConfig.model_validate(c) for name, c in engines.items()}
@@ -79,7 +79,7 @@ class EngineActor:
 def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: dict[str, bool], params: SamplingParams, taxonomy: Taxonomy, *,
                   num_actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, batch_size: int = 16,
                   resources: dict[str, float] | None = None) -> list[dict]:
-    """Generate for every request row over one Ray Data actor pool; rows come back in order, with their own columns.
+    """Generate for every request row over Ray Data actor pools (one per model, in turn); rows come back in order, with their own columns.
 
     Each row needs `request_id` (unique per model), `model` (a key of `engines`) and `user_turn`, and may
     carry `prefix`; its other columns travel untouched (Ray Data only sees these four). `resources`
@@ -96,14 +96,18 @@ def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: di
     if unknown:
         raise ValueError(f"rows name models without an engine: {sorted(unknown)}")
     slim = [{"request_id": i, "model": r["model"], "user_turn": r["user_turn"], "prefix": prefix_of(r)} for i, r in zip(ids, rows)]
-    ds = ray.data.from_items(slim).map_batches(
-        EngineActor,
-        fn_constructor_kwargs={"engines": {k: c.model_dump() for k, c in engines.items()}, "marked": marked,
-                               "params": params.model_dump(), "taxonomy": taxonomy},
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None, resources=resources or None,
-    )
-    got = {r["request_id"]: {k: _plain(v) for k, v in r.items()} for r in ds.take_all()}
+    got: dict[str, dict] = {}
+    # One model at a time, each on its own actor pool: an actor never holds two engines (two vLLM
+    # engines in one process would each claim the KV-cache memory), and the pool is gone before the next starts.
+    for name in dict.fromkeys(r["model"] for r in slim):
+        ds = ray.data.from_items([r for r in slim if r["model"] == name]).map_batches(
+            EngineActor,
+            fn_constructor_kwargs={"engines": {name: engines[name].model_dump()}, "marked": {name: marked[name]},
+                                   "params": params.model_dump(), "taxonomy": taxonomy},
+            batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
+            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None, resources=resources or None,
+        )
+        got.update({r["request_id"]: {k: _plain(v) for k, v in r.items()} for r in ds.take_all()})
     missing = [i for i in ids if i not in got]
     if missing:
         raise RuntimeError(f"{len(missing)} requests came back without a generation (first: {missing[0]})")

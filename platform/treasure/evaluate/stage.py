@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from treasure import storage, tracking
-from treasure.engine import EngineConfig
+from treasure.engine import EngineConfig, auto_dtype
 from treasure.evaluate import adherence, inference, length_control, metrics, report, winrate
 from treasure.evaluate.config import EvaluateConfig
 from treasure.evaluate.examples import read_annotated, sample, split, value_counts
@@ -33,9 +33,11 @@ def read_model(uri: str):
 
 
 def _generate(requests: dict[str, list[dict]], folders: dict[str, str], config: EvaluateConfig, taxonomy) -> list[dict]:
-    """Both models' requests through one actor pool (one actor start-up, not one per model)."""
+    """Both models' requests, one model at a time on its own actor pool (never two engines in one actor)."""
     g = config.generation
-    engines = {name: EngineConfig(model=folder, backend=g.backend, device=g.device, batch_size=g.batch_size) for name, folder in folders.items()}
+    dtype = g.dtype or auto_dtype(g.backend, "cuda" if g.gpus_per_actor > 0 else g.device)
+    engines = {name: EngineConfig(model=folder, backend=g.backend, device=g.device, batch_size=g.batch_size, dtype=dtype)
+               for name, folder in folders.items()}
     rows = [{**r, "model": name} for name, rs in requests.items() for r in rs]
     return generate_rows(rows, engines, {"baseline": False, "marked": True}, g.sampling, taxonomy, num_actors=g.num_actors,
                          cpus_per_actor=g.cpus_per_actor, gpus_per_actor=g.gpus_per_actor, batch_size=g.batch_size,

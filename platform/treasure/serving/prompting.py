@@ -67,24 +67,37 @@ def request_for_prompt(prompt: str, markers: dict[str, str], taxonomy: Taxonomy,
     return render_request(prompt, markers, taxonomy, prefill=prefill)
 
 
-def request_for_chat(messages: list[Any], markers: dict[str, str], taxonomy: Taxonomy, prefill: bool = True) -> tuple[str, str]:
-    """One user turn from chat messages: system/developer text first, then the single user message.
+def request_for_chat(messages: list[Any], markers: dict[str, str], taxonomy: Taxonomy,
+                     prefill: bool = True) -> tuple[str | list[dict[str, str]], str]:
+    """(turn, assistant prefix) for chat messages; the turn is the final user text, or with earlier
+    turns the whole conversation as chat messages ending with it.
 
-    The models are trained on single-turn pairs, so earlier assistant turns are refused rather
-    than silently flattened into something the model never saw.
+    System/developer text goes before the final user message's text (the models are trained on
+    single user turns, without a system role). Earlier user and assistant turns stay as they were
+    said, but defanged: every marker block is stripped from earlier assistant turns and marker-like
+    tags are neutralized in every turn, so history cannot forge a block (or a chat-template turn)
+    that steers the answer. The markers of the request go into the final user turn only.
     """
-    system = [m.content for m in messages if m.role in ("system", "developer") and m.content]
-    users = [m for m in messages if m.role == "user"]
-    others = [m.role for m in messages if m.role not in ("system", "developer", "user")]
-    if others or len(users) != 1:
-        raise ChatShapeError(
-            "this model answers single-turn chats: give system messages (optional) and exactly one user message "
-            f"(got roles {[m.role for m in messages]})"
-        )
-    if not users[0].content:
+    for m in messages:
+        if isinstance(m.content, list) and any(p.type != "text" for p in m.content):
+            kinds = sorted({p.type for p in m.content if p.type != "text"})
+            raise ChatShapeError(f"only text content parts are supported (got {kinds})")
+    roles = [m.role for m in messages]
+    if any(r == "tool" for r in roles) or not roles or roles[-1] != "user":
+        raise ChatShapeError(f"give system messages (optional), earlier user/assistant turns (optional) and end with a "
+                             f"user message; tool messages are not supported (got roles {roles})")
+    system = [m.text for m in messages if m.role in ("system", "developer") and m.text]
+    turns = [m for m in messages if m.role in ("user", "assistant")]
+    last = turns[-1].text
+    if not last:
         raise ChatShapeError("the user message is empty")
-    text = "\n\n".join(system + [users[0].content])
-    return render_request(text, markers, taxonomy, prefill=prefill)
+    turn, prefix = render_request("\n\n".join(system + [last]), markers, taxonomy, prefill=prefill)
+    if len(turns) == 1:
+        return turn, prefix
+    history = [{"role": m.role,
+                "content": neutralize(strip_blocks(m.text or "", taxonomy) if m.role == "assistant" else (m.text or ""), taxonomy)}
+               for m in turns[:-1]]
+    return history + [{"role": "user", "content": turn}], prefix
 
 
 @dataclass

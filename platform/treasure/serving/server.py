@@ -12,9 +12,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
-from treasure.serving.api_models import ChatCompletionRequest, GenerateRequest, SamplingFields
+from treasure.serving.api_models import ChatCompletionRequest, CompletionRequest, GenerateRequest, SamplingFields
 from treasure.serving.config import ServeConfig
 from treasure.serving.limits import LimitError, check_prompt_tokens, resolve_max_tokens
 from treasure.serving.prompting import (
@@ -56,11 +56,79 @@ def resolve_checkpoint(uri: str, download_dir: str | None = None) -> Path:
 class Prepared:
     """A validated request, ready for the engine."""
 
-    user_turn: str
+    user_turn: Any  # the user turn (str), or a conversation ending with it (list of chat messages)
     prefix: str  # the start of the model's own block (requested markers prefilled), or ''
     requested: dict[str, str]
-    params: Any  # treasure.engine.SamplingParams
+    params: Any  # treasure.engine.SamplingParams: max_tokens = answer budget + the block's own budget
     prompt_tokens: int
+    answer_tokens: int = 0  # the request's max_tokens: what bounds the visible answer
+    stop: tuple[str, ...] = ()  # cut the visible answer before the first one
+    n: int = 1
+    prompt_ids: list[int] | None = None
+
+
+class Answer:
+    """Raw model text in, visible answer out: strips the marker block, cuts at stop strings and at
+    the answer's own token budget (the block the model writes first does not count against it)."""
+
+    def __init__(self, taxonomy: Taxonomy, prepared: Prepared):
+        from treasure.engine import StopHolder
+
+        self.stripper = BlockStripper(taxonomy)
+        self.stops = StopHolder(list(prepared.stop))
+        self.budget = prepared.answer_tokens
+        self.answer_tokens = 0
+        self.tokens = 0
+        self.finish: str | None = None  # set when the answer is over before the engine says so
+        self.stripper.feed(prepared.prefix)
+
+    def feed(self, text: str, tokens: int) -> str:
+        """Visible text released by `tokens` new tokens; sets `finish` when the answer must end here."""
+        in_answer = self.stripper.state == "body"
+        out, found = self.stops.feed(self.stripper.feed(text))
+        self.tokens += tokens
+        if in_answer:  # tokens of the step that closes the block are the block's
+            self.answer_tokens += tokens
+        if found:
+            self.finish = "stop"
+        elif self.budget and self.answer_tokens >= self.budget:
+            self.finish = "length"
+        return out
+
+    def end(self, engine_reason: str) -> tuple[str, str, Any]:
+        """(last visible text, finish reason, FinishedOutput) once generation is over."""
+        last, done = self.stripper.finish()
+        if self.finish == "stop":
+            last = ""
+        else:
+            out, found = self.stops.feed(last)
+            last = out + ("" if found else self.stops.flush())
+            self.finish = "stop" if found else (self.finish or engine_reason)
+        if self.stripper.state == "head" and engine_reason == "length":
+            self.finish = "length"  # the block used its whole budget and never closed
+        return last, self.finish, done
+
+
+@dataclass
+class Result:
+    """One finished choice: the visible answer and the markers the model chose itself."""
+
+    text: str
+    finish_reason: str  # "stop" or "length"
+    inferred: dict[str, str]
+    completion_tokens: int
+
+
+def block_token_budget(taxonomy: Taxonomy, tokenizer) -> int:
+    """Tokens the model's own marker block may take, beside the answer's max_tokens: the block with
+    every category at its longest allowed value, plus slack (numeric ones a 9-digit number, the largest an int marker takes)."""
+    from treasure.template import render_block
+
+    longest = {}
+    for name in taxonomy.block_names:
+        values = allowed_values(taxonomy).get(name)
+        longest[name] = max(values, key=len) if isinstance(values, list) and values else "1" * 9
+    return len(tokenizer(render_block(longest, taxonomy), add_special_tokens=False)["input_ids"]) + 8
 
 
 @dataclass
@@ -76,7 +144,7 @@ class ModelServer:
     """Everything between a parsed request and a response body, for one loaded model."""
 
     def __init__(self, config: ServeConfig, engine: Any = None):
-        from treasure.engine import EngineConfig, load_engine
+        from treasure.engine import EngineConfig, auto_dtype, load_engine
 
         self.config = config
         self.folder = resolve_checkpoint(config.checkpoint)
@@ -84,105 +152,207 @@ class ModelServer:
         meta_path = self.folder / "treasure.json"
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         self.model_name = config.model_name or _default_name(config.checkpoint)
-        self.engine = engine or load_engine(EngineConfig(
+        engine_config = EngineConfig(
             model=str(self.folder), backend=config.engine, device=config.device,
-            **({"dtype": config.dtype} if config.dtype else {}), batch_size=config.max_batch_size,
-            num_threads=config.num_threads,
-        ))
+            dtype=config.dtype or auto_dtype(config.engine, "cuda" if config.num_gpus > 0 else config.device),
+            # vLLM schedules every ongoing request together (continuous batching).
+            batch_size=config.max_ongoing_requests if config.engine == "vllm" else config.max_batch_size,
+            num_threads=config.num_threads, kv_cache_gib=config.kv_cache_gib, compile=config.compile,
+        )
+        if engine is None and config.engine == "vllm":
+            from treasure.models.vllm_async import AsyncVLLMEngine
+
+            engine = AsyncVLLMEngine(engine_config)
+        self.engine = engine or load_engine(engine_config)
+        self.is_async = hasattr(self.engine, "steps")
+        self.block_tokens = config.block_max_tokens or block_token_budget(self.taxonomy, self.engine.tokenizer)
         self.health = EngineHealth()
+        self.created = int(time.time())
 
     # --- requests -> engine input -------------------------------------------------------------
-    def _params(self, req: SamplingFields, max_tokens: int | None):
+    def _params(self, req: SamplingFields, max_tokens: int | None) -> tuple[Any, int]:
         from treasure.engine import SamplingParams
 
         n = resolve_max_tokens(max_tokens, self.config.default_max_tokens, self.config.max_tokens_limit)
-        return SamplingParams(max_tokens=n, temperature=req.temperature, top_p=req.top_p, seed=req.seed or 0)
+        # The engine's budget is the answer's plus the block's: max_tokens bounds what the caller sees.
+        return SamplingParams(max_tokens=n + self.block_tokens, temperature=req.temperature, top_p=req.top_p,
+                              seed=req.seed or 0), n
 
-    def _prepare(self, turn: tuple[str, str], requested: dict[str, str], params) -> Prepared:
+    def _prepare(self, turn: tuple[Any, str], requested: dict[str, str], req: SamplingFields, max_tokens: int | None,
+                 n: int = 1) -> Prepared:
         from treasure.engine import prompt_token_ids
 
-        n = len(prompt_token_ids(self.engine.tokenizer, *turn))
-        check_prompt_tokens(n, self.config.max_prompt_tokens)
-        return Prepared(turn[0], turn[1], requested, params, n)
+        params, answer_tokens = self._params(req, max_tokens)
+        ids = prompt_token_ids(self.engine.tokenizer, *turn)
+        check_prompt_tokens(len(ids), self.config.max_prompt_tokens)
+        return Prepared(turn[0], turn[1], requested, params, len(ids), answer_tokens, tuple(req.stop or ()), n, ids)
 
     def prepare_generate(self, req: GenerateRequest) -> Prepared:
         """Validate markers (MarkerError), bound tokens (LimitError), build the user turn."""
         requested = validate_requested(req.markers, self.taxonomy)
-        params = self._params(req, req.max_tokens)
-        return self._prepare(request_for_prompt(req.prompt, requested, self.taxonomy, self.config.prefill), requested, params)
+        return self._prepare(request_for_prompt(req.prompt, requested, self.taxonomy, self.config.prefill), requested,
+                             req, req.max_tokens)
+
+    def prepare_completion(self, req: CompletionRequest) -> Prepared:
+        requested = validate_requested(req.markers, self.taxonomy)
+        return self._prepare(request_for_prompt(req.prompt, requested, self.taxonomy, self.config.prefill), requested,
+                             req, req.max_tokens, req.n)
 
     def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
         requested = validate_requested(req.markers, self.taxonomy)
-        params = self._params(req, req.max_completion_tokens or req.max_tokens)
-        return self._prepare(request_for_chat(req.messages, requested, self.taxonomy, self.config.prefill), requested, params)
+        return self._prepare(request_for_chat(req.messages, requested, self.taxonomy, self.config.prefill), requested,
+                             req, req.max_completion_tokens or req.max_tokens, req.n)
 
     # --- engine calls ---------------------------------------------------------------------------
-    def generate_batch(self, items: list[Prepared]) -> list[Any]:
-        """One engine.generate per distinct SamplingParams in the batch; results in input order."""
+    def generate_batch(self, items: list[Prepared]) -> list[list[Any]]:
+        """Transformers engine: one engine.generate per distinct SamplingParams in the batch; per item
+        its `n` Generations, in input order."""
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(items):
             groups.setdefault(p.params.model_dump_json(), []).append(i)
-        out: list[Any] = [None] * len(items)
+        out: list[list[Any]] = [[] for _ in items]
         try:
             for idx in groups.values():
-                gens = self.engine.generate([items[i].user_turn for i in idx], items[idx[0]].params,
-                                            [items[i].prefix for i in idx])
+                rows = [i for i in idx for _ in range(items[i].n)]
+                gens = self.engine.generate([items[i].user_turn for i in rows], items[idx[0]].params,
+                                            [items[i].prefix for i in rows])
                 self.health.batches += 1
                 self.health.batched_requests += len(idx)
-                for i, g in zip(idx, gens):
-                    out[i] = g
+                for i, g in zip(rows, gens):
+                    out[i].append(g)
         except Exception as e:  # an engine failure, not a request problem: the health check will probe
-            self.health.error, self.health.since = f"{type(e).__name__}: {e}", time.time()
+            self._failed(e)
             raise
         return out
 
-    def response_for(self, prepared: Prepared, gen: Any) -> dict[str, Any]:
-        """The /v1/generate body for one Generation."""
-        if gen.finish_reason == "prompt_too_long":
-            raise LimitError(400, f"prompt ({gen.prompt_tokens} tokens) does not fit the model's context", param="prompt")
-        done = finish_output(gen.text, self.taxonomy)
-        return {
-            "text": done.answer,
-            "markers": {"requested": prepared.requested, "inferred": split_inferred(done.markers, prepared.requested)},
-            "finish_reason": gen.finish_reason,
-            "usage": _usage(gen.prompt_tokens, gen.completion_tokens),
-            "model": self.model_name,
-        }
+    def results_for(self, prepared: Prepared, gens: list[Any]) -> list["Result"]:
+        """Transformers engine: whole Generations → Results (answer cut to its budget and stop strings)."""
+        results = []
+        for g in gens:
+            if g.finish_reason == "prompt_too_long":
+                raise LimitError(400, f"prompt ({g.prompt_tokens} tokens) does not fit the model's context", param="prompt")
+            answer = Answer(self.taxonomy, prepared)
+            answer.budget = 0  # whole text at once: the budget is applied on tokens below
+            text = answer.feed(g.text[len(prepared.prefix):], 0)
+            last, finish, done = answer.end(g.finish_reason)
+            text += last
+            ids = self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > prepared.answer_tokens:
+                text, finish = self.engine.tokenizer.decode(ids[: prepared.answer_tokens]).rstrip(), "length"
+            results.append(Result(text, finish, split_inferred(done.markers, prepared.requested), g.completion_tokens))
+        return results
 
-    def chat_response_for(self, prepared: Prepared, gen: Any) -> dict[str, Any]:
-        """An OpenAI `chat.completion` object (plus top-level `markers`)."""
-        body = self.response_for(prepared, gen)
+    async def arun(self, prepared: Prepared, index: int = 0) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
+        """vLLM engine: (answer delta, None) as tokens arrive, then ('', summary) last. Choice `index`
+        samples with seed + index. Leaving early (client gone, budget or stop string reached) aborts
+        the request in the engine."""
+        params = prepared.params.model_copy(update={"seed": prepared.params.seed + index})
+        answer = Answer(self.taxonomy, prepared)
+        steps = self.engine.steps(prepared.prompt_ids, params)
+        reason = "stop"
+        try:
+            async for step in steps:
+                out = answer.feed(step.text, step.tokens)
+                if out:
+                    yield out, None
+                if step.finish_reason:
+                    reason = step.finish_reason
+                if answer.finish:
+                    break
+        except Exception as e:
+            if not isinstance(e, ValueError):  # a prompt the engine refuses is the request's problem
+                self._failed(e)
+            raise
+        finally:
+            await steps.aclose()
+        last, finish, done = answer.end(reason)
+        if last:
+            yield last, None
+        yield "", {"markers": {"requested": prepared.requested, "inferred": split_inferred(done.markers, prepared.requested)},
+                   "usage": _usage(prepared.prompt_tokens, answer.tokens), "finish_reason": finish}
+
+    async def agenerate(self, prepared: Prepared) -> list["Result"]:
+        """vLLM engine: the request's `n` choices, generated concurrently."""
+        import asyncio
+
+        async def one(index: int) -> Result:
+            text = ""
+            async for delta, summary in self.arun(prepared, index):
+                if summary is None:
+                    text += delta
+                else:
+                    return Result(text, summary["finish_reason"], summary["markers"]["inferred"],
+                                  summary["usage"]["completion_tokens"])
+            raise RuntimeError("generation ended without a summary")
+
+        return list(await asyncio.gather(*(one(i) for i in range(prepared.n))))
+
+    def _failed(self, e: BaseException) -> None:
+        self.health.error, self.health.since = f"{type(e).__name__}: {e}", time.time()
+
+    # --- response bodies --------------------------------------------------------------------------
+    def _markers(self, prepared: Prepared, r: "Result") -> dict[str, Any]:
+        return {"requested": prepared.requested, "inferred": r.inferred}
+
+    def _usage_of(self, prepared: Prepared, results: list["Result"]) -> dict[str, int]:
+        return _usage(prepared.prompt_tokens, sum(r.completion_tokens for r in results))
+
+    def response_for(self, prepared: Prepared, results: list["Result"]) -> dict[str, Any]:
+        """The /v1/generate body."""
+        r = results[0]
+        return {"text": r.text, "markers": self._markers(prepared, r), "finish_reason": r.finish_reason,
+                "usage": self._usage_of(prepared, results), "model": self.model_name}
+
+    def chat_response_for(self, prepared: Prepared, results: list["Result"]) -> dict[str, Any]:
+        """An OpenAI `chat.completion` object; `markers` top level (first choice) and per choice."""
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": body["text"]},
-                         "finish_reason": body["finish_reason"] if body["finish_reason"] in ("stop", "length") else "stop"}],
-            "usage": body["usage"], "markers": body["markers"],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
+                         "finish_reason": r.finish_reason, "markers": self._markers(prepared, r)}
+                        for i, r in enumerate(results)],
+            "usage": self._usage_of(prepared, results), "markers": self._markers(prepared, results[0]),
         }
 
+    def completion_response_for(self, prepared: Prepared, results: list["Result"]) -> dict[str, Any]:
+        """An OpenAI `text_completion` object; `markers` top level (first choice) and per choice."""
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason,
+                         "markers": self._markers(prepared, r)} for i, r in enumerate(results)],
+            "usage": self._usage_of(prepared, results), "markers": self._markers(prepared, results[0]),
+        }
+
+    def models_body(self) -> dict[str, Any]:
+        """GET /v1/models: the one model this server serves."""
+        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
+                                            "owned_by": "treasure-hunt"}]}
+
     def stream(self, prepared: Prepared) -> Iterator[tuple[str, dict[str, Any] | None]]:
-        """(answer delta, None) while generating, then ('', summary) with markers and usage last."""
-        stripper = BlockStripper(self.taxonomy)
+        """Transformers engine: (answer delta, None) while generating, then ('', summary) last."""
+        answer = Answer(self.taxonomy, prepared)
+        deltas = self.engine.stream(prepared.user_turn, prepared.params, prepared.prefix)
         try:
-            for delta in self.engine.stream(prepared.user_turn, prepared.params, prepared.prefix):
-                out = stripper.feed(delta)
+            for i, delta in enumerate(deltas):
+                if i == 0 and prepared.prefix and delta.startswith(prepared.prefix):
+                    delta = delta[len(prepared.prefix):]  # already fed: the engine repeats it first
+                # The streamer gives text, not token ids: count the delta's tokens (can differ by one).
+                out = answer.feed(delta, len(self.engine.tokenizer(delta, add_special_tokens=False)["input_ids"]))
                 if out:
                     yield out, None
+                if answer.finish:
+                    break
         except Exception as e:
-            self.health.error, self.health.since = f"{type(e).__name__}: {e}", time.time()
+            self._failed(e)
             raise
-        last, done = stripper.finish()
-        # The stream gives text, not token ids: re-tokenize what the model wrote after the prefix
-        # (can differ by a token or two; capped).
-        written = stripper.raw[len(prepared.prefix):]
-        completion = min(len(self.engine.tokenizer(written, add_special_tokens=False)["input_ids"]),
-                         prepared.params.max_tokens)
-        finish = "length" if completion >= prepared.params.max_tokens else "stop"
+        reason = "length" if answer.tokens >= prepared.params.max_tokens else "stop"
+        last, finish, done = answer.end(reason)
         if last:
             yield last, None
         yield "", {
             "markers": {"requested": prepared.requested, "inferred": split_inferred(done.markers, prepared.requested)},
-            "usage": _usage(prepared.prompt_tokens, completion), "finish_reason": finish,
+            "usage": _usage(prepared.prompt_tokens, min(answer.tokens, prepared.params.max_tokens)), "finish_reason": finish,
         }
 
     # --- metadata and health ------------------------------------------------------------------
@@ -203,7 +373,29 @@ class ModelServer:
         h = self.health
         return {"batches": h.batches, "batched_requests": h.batched_requests,
                 "mean_batch_size": round(h.batched_requests / h.batches, 2) if h.batches else None,
-                "engine_error": h.error, "health_probes": h.probes, "torch_threads": torch.get_num_threads()}
+                "engine_error": h.error, "health_probes": h.probes, "torch_threads": torch.get_num_threads(),
+                "engine": self.config.engine, "engine_running": self.engine.running() if self.is_async else None}
+
+    async def acheck_health(self) -> None:
+        """`check_health` for either engine, from the event loop."""
+        import asyncio
+
+        if not self.is_async:
+            await asyncio.to_thread(self.check_health)
+            return
+        await self.engine.check()  # raises once the engine core is dead
+        if self.health.error is None:
+            return
+        from treasure.engine import SamplingParams, prompt_token_ids
+
+        self.health.probes += 1
+        try:
+            async for _ in self.engine.steps(prompt_token_ids(self.engine.tokenizer, "ping"),
+                                             SamplingParams(max_tokens=self.config.health_probe_tokens)):
+                pass
+        except Exception as e:
+            raise RuntimeError(f"engine is broken: {type(e).__name__}: {e} (first failure: {self.health.error})") from e
+        self.health.error = self.health.since = None
 
     def check_health(self) -> None:
         """Raise when the engine is broken. A recorded engine failure triggers a tiny probe generation;

@@ -21,6 +21,14 @@ def chat_chunk(chunk_id: str, created: int, model: str, delta: dict[str, Any], f
     return event(body)
 
 
+def completion_chunk(chunk_id: str, created: int, model: str, text: str, finish_reason: str | None = None,
+                     **extra: Any) -> str:
+    """An OpenAI `text_completion` stream event; `extra` adds top-level fields (markers, usage)."""
+    body = {"id": chunk_id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}], **extra}
+    return event(body)
+
+
 def parse_events(text: str) -> list[Any]:
     """Parse an SSE body back into its data payloads ('[DONE]' kept as a string): for clients and tests."""
     out: list[Any] = []

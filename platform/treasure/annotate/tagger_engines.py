@@ -157,11 +157,15 @@ class TransformersEngine:
 
     def _row(self, cache, text: str):
         """Run the row's own tokens on top of the cached prefix; logits of the last position."""
+        from treasure.models.loglik import CACHE_ARG
+
         ids = self.torch.tensor([self._ids(text)])
         self.tokens_run["row"] += ids.shape[1]
-        return self.model(ids, cache=cache, use_cache=True).logits[0, -1]
+        return self.model(ids, **{CACHE_ARG: cache}, use_cache=True).logits[0, -1]
 
     def _generate(self, cache, logits) -> str:
+        from treasure.models.loglik import CACHE_ARG
+
         torch = self.torch
         eos = {self.tokenizer.eos_token_id, self.end_id}
         tokens: list[int] = []
@@ -171,7 +175,7 @@ class TransformersEngine:
                 break
             tokens.append(nxt)
             self.tokens_run["generated"] += 1
-            logits = self.model(torch.tensor([[nxt]]), cache=cache, use_cache=True).logits[0, -1]
+            logits = self.model(torch.tensor([[nxt]]), **{CACHE_ARG: cache}, use_cache=True).logits[0, -1]
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
 

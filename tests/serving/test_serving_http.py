@@ -33,7 +33,15 @@ def post(base, path, body, headers=AUTH, **kw):
     return httpx.post(f"{base}{path}", json=body, headers=headers, timeout=60, **kw)
 
 
-def test_generate_returns_text_markers_usage(base):
+def _block_budget(base) -> int:
+    return httpx.get(f"{base}/v1/taxonomy", headers=AUTH, timeout=30).json()["block_max_tokens"]
+
+
+def _tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_generate_returns_text_markers_usage(base, smollm2_tokenizer):
     r = post(base, "/v1/generate", {"prompt": "Say hi.", "markers": {"length_bucket": "concise", "length_tokens": 5},
                                      "max_tokens": 12})
     assert r.status_code == 200, r.text
@@ -41,7 +49,9 @@ def test_generate_returns_text_markers_usage(base):
     assert body["markers"]["requested"] == {"length_tokens": "5", "length_bucket": "concise"}
     assert isinstance(body["markers"]["inferred"], dict) and isinstance(body["text"], str)
     assert "<TEMPLATE>" not in body["text"]
-    assert body["usage"]["completion_tokens"] <= 12 and body["usage"]["prompt_tokens"] > 5
+    # usage counts every generated token, the block's own budget included; the answer is held to max_tokens.
+    assert body["usage"]["completion_tokens"] <= 12 + _block_budget(base) and body["usage"]["prompt_tokens"] > 5
+    assert _tokens(smollm2_tokenizer, body["text"]) <= 12
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
 
 
@@ -52,7 +62,7 @@ def test_taxonomy_and_health(base, taxonomy):
     assert h.status_code == 200 and h.json()["status"] == "ok"
 
 
-def test_openai_client_plain_and_streaming(base):
+def test_openai_client_plain_and_streaming(base, smollm2_tokenizer):
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{base}/v1", api_key=TOKEN, max_retries=0, timeout=60)
@@ -62,7 +72,8 @@ def test_openai_client_plain_and_streaming(base):
     assert out.object == "chat.completion" and out.choices[0].message.role == "assistant"
     assert "<TEMPLATE>" not in out.choices[0].message.content
     assert out.model_extra["markers"]["requested"] == {"domain": "Culture"}
-    assert out.usage.completion_tokens <= 10
+    assert out.usage.completion_tokens <= 10 + _block_budget(base)
+    assert _tokens(smollm2_tokenizer, out.choices[0].message.content) <= 10
 
     chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, stream=True,
                                                  extra_body={"markers": {"domain": "Culture"}}))

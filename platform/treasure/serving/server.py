@@ -365,6 +365,8 @@ class ModelServer:
             "categories": [{"name": c.name, "kind": c.kind, "description": c.description, "allowed": allowed[c.name]}
                            for c in map(self.taxonomy.category, self.taxonomy.block_names)],
             "model": self.model_name, "markers_trained": bool(self.meta.get("markers", False)),
+            # The model's own block may use this many tokens on top of a request's max_tokens.
+            "block_max_tokens": self.block_tokens,
         }
 
     def stats(self) -> dict[str, Any]:

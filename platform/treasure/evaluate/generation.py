@@ -13,13 +13,16 @@ column has none), plus any columns the caller wants back. Each result row adds:
     finish_reason  stop / length / prompt_too_long
     completion_tokens
 
-`generate_rows` runs an actor pool of engines (size and resources from config) and returns rows in
-request order; `generate_local` does the same in-process (tests, tiny jobs).
+`generate_rows` returns rows in request order, one model at a time. With the vllm backend it runs
+Ray Data's own LLM processor (`ray.data.llm`, vLLM engine actors: continuous batching, tensor
+parallelism on GPU clusters, the CPU wheel on CPU boxes); with transformers an actor pool of our
+engines. `generate_local` does the same in-process (tests, tiny jobs).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from treasure.engine import EngineConfig, Generation, SamplingParams, load_engine
@@ -100,7 +103,13 @@ def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: di
     # One model at a time, each on its own actor pool: an actor never holds two engines (two vLLM
     # engines in one process would each claim the KV-cache memory), and the pool is gone before the next starts.
     for name in dict.fromkeys(r["model"] for r in slim):
-        ds = ray.data.from_items([r for r in slim if r["model"] == name]).map_batches(
+        mine = [r for r in slim if r["model"] == name]
+        if engines[name].backend == "vllm":
+            got.update(_generate_vllm(mine, engines[name], marked[name], params, taxonomy, num_actors=num_actors,
+                                      cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                                      batch_size=batch_size, resources=resources))
+            continue
+        ds = ray.data.from_items(mine).map_batches(
             EngineActor,
             fn_constructor_kwargs={"engines": {name: engines[name].model_dump()}, "marked": {name: marked[name]},
                                    "params": params.model_dump(), "taxonomy": taxonomy},
@@ -112,6 +121,65 @@ def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: di
     if missing:
         raise RuntimeError(f"{len(missing)} requests came back without a generation (first: {missing[0]})")
     return [{**r, **{k: v for k, v in got[i].items() if k != "request_id"}} for i, r in zip(ids, rows)]
+
+
+def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params: SamplingParams, taxonomy: Taxonomy, *,
+                   num_actors: int, cpus_per_actor: float, gpus_per_actor: float, batch_size: int,
+                   resources: dict[str, float] | None) -> dict[str, dict]:
+    """One model's rows through `ray.data.llm`'s vLLM engine processor; result columns by request id.
+
+    Prompts are token ids (chat-templated user turn + prefix, tokenized apart as in training), so
+    the processor's own chat-template and tokenizer stages are off; vLLM detokenizes itself.
+    """
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+    from transformers import AutoTokenizer
+
+    from treasure.engine import effective_temperature, prompt_token_ids
+    from treasure.models.vllm_async import engine_kwargs
+
+    kwargs = engine_kwargs(engine)
+    folder = kwargs.pop("model")
+    kwargs.pop("seed")  # sampling seeds are per request
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    context = engine.max_model_len or int(getattr(_model_config(folder), "max_position_embeddings", 2048))
+    out: dict[str, dict] = {}
+    todo = []
+    for r in rows:
+        ids = prompt_token_ids(tokenizer, r["user_turn"], r["prefix"])
+        if len(ids) >= context:  # a per-row outcome, as the transformers engine records it
+            out[r["request_id"]] = {**r, **parse_generation(Generation("", len(ids), 0, "prompt_too_long"), taxonomy, marked)}
+        else:
+            # `row_key`, not `request_id`: the processor writes its own `request_id` column.
+            todo.append({"row_key": r["request_id"], "ids": ids, "prefix": r["prefix"]})
+    if not todo:
+        return out
+    bundle = {"CPU": cpus_per_actor, **({"GPU": gpus_per_actor} if gpus_per_actor else {}), **(resources or {})}
+    sampling = {"temperature": effective_temperature(params.temperature), "top_p": params.top_p,
+                "max_tokens": params.max_tokens, "seed": params.seed, **({"stop": list(params.stop)} if params.stop else {})}
+    processor = build_processor(
+        vLLMEngineProcessorConfig(
+            model_source=folder, engine_kwargs=kwargs, batch_size=batch_size, concurrency=num_actors,
+            placement_group_config={"bundles": [bundle]},
+            chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
+            runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]}},
+        ),
+        preprocess=lambda r: {"tokenized_prompt": list(r["ids"]), "sampling_params": sampling},
+        postprocess=lambda r: {"row_key": r["row_key"], "prefix": r["prefix"], "text": r["generated_text"],
+                               "prompt_tokens": r["num_input_tokens"], "completion_tokens": r["num_generated_tokens"]},
+    )
+    for r in processor(ray.data.from_items(todo)).take_all():
+        n = int(r["completion_tokens"])
+        gen = Generation(str(r["prefix"] or "") + r["text"], int(r["prompt_tokens"]), n,
+                         "length" if n >= params.max_tokens else "stop")
+        out[r["row_key"]] = {"request_id": r["row_key"], **parse_generation(gen, taxonomy, marked)}
+    return out
+
+
+def _model_config(folder: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder)
 
 
 def _plain(v):

@@ -174,6 +174,7 @@ class BlockStripper:
         self.open_tag, self.close_tag = f"<{taxonomy.tag}>", f"</{taxonomy.tag}>"
         self.raw = ""
         self.state = "head"
+        self.block: bool | None = None  # whether the output opened with a block (known once in "body")
         self.markers: dict[str, str] = {}
         self.problems: list[str] = []
         self._body = ""  # answer text not yet released (raw, un-neutralized)
@@ -191,12 +192,12 @@ class BlockStripper:
                 if end < 0:
                     return ""  # block still open: hold everything
                 parsed = split_output(head[: end + len(self.close_tag)], self.taxonomy)
-                self.markers, self.problems = parsed.markers, parsed.problems
+                self.markers, self.problems, self.block = parsed.markers, parsed.problems, True
                 self._body = head[end + len(self.close_tag):]
             elif self.open_tag.startswith(head):
                 return ""  # could still become the block's opening tag
             else:
-                self.problems = [f"output does not start with {self.open_tag}"]
+                self.problems, self.block = [f"output does not start with {self.open_tag}"], False
                 self._body = head
             self.state = "body"
             return self._release(final=False)

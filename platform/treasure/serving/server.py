@@ -87,7 +87,8 @@ class Answer:
         in_answer = self.stripper.state == "body"
         out, found = self.stops.feed(self.stripper.feed(text))
         self.tokens += tokens
-        if in_answer:  # tokens of the step that closes the block are the block's
+        # Tokens of the step that closes a block are the block's; without a block every token is the answer's.
+        if in_answer or self.stripper.block is False:
             self.answer_tokens += tokens
         if found:
             self.finish = "stop"

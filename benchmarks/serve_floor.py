@@ -1,7 +1,7 @@
 """Serve's own fixed cost per request, split by hop: how low can the Serve path's overhead go here?
 
-    .venv/bin/python serving/serve_floor.py --requests 300
-    RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 .venv/bin/python serving/serve_floor.py   # a Serve knob
+    .venv/bin/python benchmarks/serve_floor.py --requests 300
+    RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 .venv/bin/python benchmarks/serve_floor.py   # a Serve knob
 
 One process, one run, all paths alternating request by request (so machine-load drift hits all alike),
 every endpoint doing the same trivial work (parse a small JSON body, return a constant):
@@ -58,6 +58,15 @@ def apps():
     class EmptyPlain:
         async def __call__(self, request):
             json.loads(await request.body())
+            return {"ok": True}
+
+        def knobs(self) -> dict:
+            from ray.serve._private import constants
+
+            return {k: getattr(constants, k, None) for k in KNOBS}
+
+        async def ping(self, body: bytes) -> dict:  # the DeploymentHandle path
+            json.loads(body)
             return {"ok": True}
 
     return empty_app(), EmptyPlain.bind()

@@ -1,8 +1,8 @@
 """Bounded load test of the model server on loopback: throughput, p50/p95/p99 latency, Serve overhead.
 
-    .venv/bin/python serving/loadtest.py --checkpoint tiny --requests 128 --repeats 3
-    .venv/bin/python serving/loadtest.py --checkpoint packaged:smollm2   # real SmolLM2-135M-Instruct
-    .venv/bin/python serving/loadtest.py --checkpoint runs/demo/checkpoints/marked --requests 128
+    .venv/bin/python benchmarks/loadtest.py --checkpoint tiny --requests 128 --repeats 3
+    .venv/bin/python benchmarks/loadtest.py --checkpoint packaged:smollm2   # real SmolLM2-135M-Instruct
+    .venv/bin/python benchmarks/loadtest.py --checkpoint runs/demo/checkpoints/marked --requests 128
 
 In one process and one run, side by side, `--repeats` times:
 1. one client, request by request, rotating through four paths so machine-load drift hits all alike:
@@ -137,7 +137,8 @@ def in_process(server, raw: bytes) -> bytes:
     from treasure.serving.api_models import GenerateRequest
 
     prepared = server.prepare_generate(GenerateRequest.model_validate(json.loads(raw)))
-    return json.dumps(server.response_for(prepared, server.generate_batch([prepared])[0])).encode()
+    results = server.results_for(prepared, server.generate_batch([prepared])[0])
+    return json.dumps(server.response_for(prepared, results)).encode()
 
 
 def one_repeat(a, direct, prepared, bodies, url, empty_url, health_url) -> dict:

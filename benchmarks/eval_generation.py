@@ -8,7 +8,7 @@ cluster (2 CPUs), with the settings of `pipelines/configs/demo.yaml`'s evaluate.
 holding 2 CPUs, batches of 32, greedy, `--max-tokens` new tokens. transformers runs float32 (as the
 demo did before vLLM); vllm runs bfloat16 where the CPU has native bf16 (auto_dtype), as the demo
 does now. Prompts are the first `--prompts` Self-Instruct user instructions (bundled,
-../shared/data), half of them with a requested `length_bucket` rendered by `render_request` as the
+data/), half of them with a requested `length_bucket` rendered by `render_request` as the
 evaluation renders it. The checkpoint default is the packaged SmolLM2-135M-Instruct in the checkpoint
 layout (an untrained base model; pass a trained one with --checkpoint). Arms alternate per repeat
 (order reversed on every other repeat); each timing includes the arm's engine start, as a stage
@@ -34,7 +34,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DATA = REPO.parent / "shared" / "data" / "self-instruct" / "user_oriented_instructions.jsonl"
+DATA = REPO / "data" / "self-instruct" / "user_oriented_instructions.jsonl"
 
 
 def checkpoint_dir(arg: str | None, root: Path) -> Path:

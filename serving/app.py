@@ -28,8 +28,9 @@ from ray import serve
 from starlette.concurrency import iterate_in_threadpool
 
 from treasure.config import load_config
+from treasure.json_input import JSONInputError, parse_json
 from treasure.serving import sse
-from treasure.serving.api_models import ChatCompletionRequest, CompletionRequest, GenerateRequest
+from treasure.serving.api_models import MAX_JSON_DEPTH, ChatCompletionRequest, CompletionRequest, GenerateRequest
 from treasure.serving.auth import AuthError, check_bearer, token_from_env
 from treasure.serving.batching import ConcurrencyTracker
 from treasure.serving.config import ServeConfig
@@ -92,9 +93,9 @@ def make_deployment(config: ServeConfig):
         async def _parse(self, request: Request, model: type[BaseModel]):
             check_bearer(request.headers.get("authorization"), self.token)
             try:
-                data = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise _BadBody(f"request body is not valid JSON: {e}") from None
+                data = parse_json(await request.body(), max_depth=MAX_JSON_DEPTH)
+            except JSONInputError as e:  # invalid, not UTF-8, too deep, a number too long: 422, never a 500
+                raise _BadBody(f"request body: {e}") from None
             try:
                 return model.model_validate(data)
             except ValidationError as e:

@@ -18,6 +18,7 @@ import json
 from typing import Iterator, Union
 
 from treasure.corpus.schema import Rejected
+from treasure.json_input import JSONInputError, parse_json
 
 Parsed = Union[tuple[str, dict], Rejected]
 
@@ -40,9 +41,9 @@ def jsonl_records(data: bytes, name: str) -> Iterator[Parsed]:
             continue
         label = f"{name}:{number}"
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield Rejected(label, f"invalid JSON (truncated?): {e.msg} at column {e.colno}", line)
+            obj = parse_json(line)
+        except JSONInputError as e:  # invalid (truncated?), too deep, a number too long: this row's outcome
+            yield Rejected(label, f"invalid JSON (truncated?): {e}", line)
             continue
         yield _as_record(label, obj)
 
@@ -53,9 +54,9 @@ def json_array_records(data: bytes, name: str) -> Iterator[Parsed]:
     A file that does not parse is one error row (its records cannot be told apart).
     """
     try:
-        items = json.loads(decode(data))
-    except json.JSONDecodeError as e:
-        yield Rejected(name, f"invalid JSON file: {e.msg} at line {e.lineno} column {e.colno}", decode(data))
+        items = parse_json(decode(data))
+    except JSONInputError as e:
+        yield Rejected(name, f"invalid JSON file: {e}", decode(data))
         return
     if not isinstance(items, list):
         yield Rejected(name, f"wrong type: file holds a {type(items).__name__}, expected a JSON array", decode(data))

@@ -11,6 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Deepest JSON nesting a request body may have: the deepest valid request (a content-part array in a
+# message in `messages`) nests 4 levels; deeper bodies are refused before parsing (422).
+MAX_JSON_DEPTH = 32
+
 # Marker values arrive as JSON scalars; the taxonomy canonicalizes them to strings.
 MarkerValue = str | int | float
 

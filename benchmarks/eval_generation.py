@@ -41,7 +41,7 @@ def checkpoint_dir(arg: str | None, root: Path) -> Path:
     """`--checkpoint` as is, or the packaged SmolLM2 laid out as an untrained checkpoint."""
     if arg:
         return Path(arg)
-    from treasure.packaged import smollm2_hf_dir
+    from treasure.models.packaged import smollm2_hf_dir
     from treasure.taxonomy import load_taxonomy
 
     out = root / "smollm2"
@@ -69,7 +69,7 @@ def requests(n: int, taxonomy) -> list[dict]:
 
 
 def run_arm(arm: str, folder: Path, rows: list[dict], max_tokens: int, taxonomy) -> dict:
-    from treasure.engine import EngineConfig, SamplingParams, auto_dtype
+    from treasure.models.engine import EngineConfig, SamplingParams, auto_dtype
     from treasure.evaluate.generation import generate_rows
 
     engine = EngineConfig(model=str(folder), backend=arm, batch_size=32, dtype=auto_dtype(arm))

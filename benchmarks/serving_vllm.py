@@ -10,7 +10,7 @@ Both servers are started once, in this process's run, and stay up side by side:
 - vLLM's: `python -m vllm.entrypoints.openai.api_server` as a child process on the same checkpoint
   folder (bfloat16, --max-model-len 2048, --enforce-eager, --max-num-seqs 32), VLLM_CPU_KVCACHE_SPACE
   the same as ours (`--kv-cache-gib`, default 2).
-The model is the real SmolLM2-135M-Instruct (`treasure.packaged.smollm2_hf_dir()`), laid out as a
+The model is the real SmolLM2-135M-Instruct (`treasure.models.packaged.smollm2_hf_dir()`), laid out as a
 checkpoint (its files symlinked, plus taxonomy.yaml and treasure.json with markers false), or any
 checkpoint folder given with --checkpoint.
 For each number of concurrent clients (closed loop: asyncio + httpx, each client sends its next
@@ -62,7 +62,7 @@ NAME = "smollm2"
 
 def smollm2_checkpoint(root: Path) -> Path:
     """SmolLM2-135M-Instruct as a checkpoint folder (as tests/conftest.py's smollm2_checkpoint), built once."""
-    from treasure.packaged import smollm2_hf_dir
+    from treasure.models.packaged import smollm2_hf_dir
     from treasure.taxonomy import load_taxonomy
 
     out = root / "smollm2_checkpoint"

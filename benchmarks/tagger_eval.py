@@ -169,6 +169,6 @@ if __name__ == "__main__":
         mode = args.mode or cfg.mode
         paths = []
         for variant in args.prompts.split(","):
-            paths.append(f"{args.out_dir}/tagger_eval_{cfg.model.rsplit('/', 1)[-1]}_{variant}_{mode}.jsonl")
+            paths.append(f"{args.out_dir}/tagger_eval_{cfg.model.rsplit('/', 1)[-1].removeprefix('packaged:')}_{variant}_{mode}.jsonl")
             run(cfg, variant, mode, items, paths[-1])
         print_table(paths, items)

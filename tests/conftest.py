@@ -32,7 +32,7 @@ def taxonomy():
 @pytest.fixture(scope="session")
 def smollm2_tokenizer_dir(tmp_path_factory):
     """SmolLM2's real tokenizer (from the packaged GGUF), saved once as a plain HF folder."""
-    from treasure.packaged import load_smollm2_tokenizer
+    from treasure.models.packaged import load_smollm2_tokenizer
 
     out = tmp_path_factory.mktemp("smollm2_tokenizer")
     load_smollm2_tokenizer().save_pretrained(out)
@@ -140,7 +140,7 @@ def smollm2_checkpoint(tmp_path_factory, taxonomy):
     layout, as an untrained base model (`markers: false`): what vLLM serves in the default suite."""
     import json
 
-    from treasure.packaged import smollm2_hf_dir
+    from treasure.models.packaged import smollm2_hf_dir
 
     out = tmp_path_factory.mktemp("smollm2_checkpoint")
     for f in smollm2_hf_dir().iterdir():

@@ -40,9 +40,10 @@ def test_annotate_off_list_answers_never_reach_markers(taxonomy):
 def test_annotate_prefix_cache_matches_full_prompt(taxonomy):
     import torch
 
-    from treasure.annotate.tagger_engines import TransformersEngine
+    from treasure.annotate.tagger_engines import TransformersTagger
+    from treasure.models.packaged import PACKAGED_SMOLLM2
 
-    engine = TransformersEngine("smollm2")
+    engine = TransformersTagger(PACKAGED_SMOLLM2)
     p = build_prompt(taxonomy, "domain")
     texts = ["How do I reverse a list in Python?", "What is the derivative of x^2?"]
     cached = engine.answer(p, texts, "score")

@@ -12,9 +12,9 @@ from treasure.annotate.tagger import (
 
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_checkpoint):
-    from treasure.annotate.tagger_engines import TransformersEngine
+    from treasure.annotate.tagger_engines import TransformersTagger
 
-    return TransformersEngine(str(tiny_checkpoint), calibration="content_free", score_norm="mean", score_end=True)
+    return TransformersTagger(str(tiny_checkpoint), calibration="content_free", score_norm="mean", score_end=True)
 
 
 def full_prompt_logprobs(engine, prompt, text):

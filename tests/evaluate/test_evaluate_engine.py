@@ -1,4 +1,4 @@
-"""treasure.engine on the tiny random checkpoint: batching, determinism, stop strings, streaming."""
+"""treasure.models.engine on the tiny random checkpoint: batching, determinism, stop strings, streaming."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from treasure.engine import EngineConfig, SamplingParams, cut_at_stop, hold_back_stops, load_engine
+from treasure.models.engine import EngineConfig, SamplingParams, cut_at_stop, hold_back_stops, load_engine
 
 
 @pytest.fixture(scope="module")

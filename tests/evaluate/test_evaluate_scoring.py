@@ -197,20 +197,20 @@ def test_adherence_length_separation_fails_when_flat_or_unordered():
 
 
 class _PrefixEngine:
-    """Stands in for treasure.engine: continues each prefix with the rest of a block and an answer."""
+    """Stands in for treasure.models.engine: continues each prefix with the rest of a block and an answer."""
 
     def __init__(self):
         self.prefixes = None
 
     def generate(self, user_turns, params, prefixes=None):
-        from treasure.engine import Generation
+        from treasure.models.engine import Generation
 
         self.prefixes = prefixes
         return [Generation(f"{p}><language>English</language></TEMPLATE>\nHello there.", 3, 7, "stop") for p in prefixes]
 
 
 def test_generation_passes_prefixes_and_parses_the_prefilled_block(taxonomy):
-    from treasure.engine import SamplingParams
+    from treasure.models.engine import SamplingParams
     from treasure.evaluate.generation import run_requests
 
     turn, prefix = render_request("Say hi.", {"length_bucket": "concise"}, taxonomy)

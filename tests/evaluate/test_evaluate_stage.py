@@ -7,7 +7,7 @@ import json
 import pytest
 
 from treasure import storage
-from treasure.engine import EngineConfig, SamplingParams
+from treasure.models.engine import EngineConfig, SamplingParams
 from treasure.evaluate.config import EvaluateConfig
 from treasure.evaluate.generation import generate_local, generate_rows
 

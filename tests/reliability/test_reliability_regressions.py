@@ -23,7 +23,7 @@ def test_ordinary_brackets_with_invisible_characters_stay(taxonomy):
 def test_denormal_temperature_decodes_greedily(tiny_checkpoint):
     # Found by the schema fuzz: temperature=5e-324 (valid for the API's ge=0) reached the sampler,
     # logits / temperature overflowed and the request ended in a 500.
-    from treasure.engine import EngineConfig, SamplingParams, load_engine
+    from treasure.models.engine import EngineConfig, SamplingParams, load_engine
 
     engine = load_engine(EngineConfig(model=str(tiny_checkpoint)))
     tiny = engine.generate(["Say hi."], SamplingParams(max_tokens=3, temperature=5e-324, seed=1))

@@ -89,7 +89,7 @@ def bpe_checkpoint(tmp_path_factory, taxonomy):
     import torch
     from transformers import LlamaForCausalLM
 
-    from treasure.train.checkpoint import write_meta
+    from treasure.train.resume import write_meta
     from treasure.train.config import ModelConfig
     from treasure.train.model_build import tiny_llama_config
     from treasure.train.tokenizer_bpe import train_bpe

@@ -1,4 +1,4 @@
-"""treasure.checkpoint.read_checkpoint: validation and fallback from a corrupt newest checkpoint."""
+"""treasure.models.checkpoint.read_checkpoint: validation and fallback from a corrupt newest checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from treasure import storage
-from treasure.checkpoint import CheckpointWarning, read_checkpoint, validate
+from treasure.models.checkpoint import CheckpointWarning, read_checkpoint, validate
 
 
 def _publish(src, dst, step):

@@ -21,6 +21,7 @@ def test_demo_section_and_baseline_override(repo):
     (["strategy=fsdp"], "fsdp needs use_gpu"),
     (["lora.enabled=true"], "lora.enabled with model.kind=tiny"),
     (["model.kind=hf"], "needs model.path"),
+    (["model.kind=smollm2"], "kind: hf, path: packaged:smollm2"),
     (["model.num_heads=7"], "must divide"),
     (["max_stepz=3"], "max_stepz"),
 ])

@@ -9,12 +9,13 @@ def test_smollm2_trains_saves_reloads_and_generates(ray_local, tiny_train_config
     import torch
     from safetensors import safe_open
 
-    from treasure.checkpoint import read_checkpoint
-    from treasure.engine import EngineConfig, SamplingParams, load_engine
+    from treasure.models.checkpoint import read_checkpoint
+    from treasure.models.engine import EngineConfig, SamplingParams, load_engine
+    from treasure.models.packaged import PACKAGED_SMOLLM2
     from treasure.template import render_request
     from treasure.train.stage import run
 
-    cfg = tiny_train_config(model={"kind": "smollm2"}, max_steps=2, batch_size=2, max_length=64, warmup_steps=1,
+    cfg = tiny_train_config(model={"kind": "hf", "path": PACKAGED_SMOLLM2}, max_steps=2, batch_size=2, max_length=64, warmup_steps=1,
                             learning_rate=1e-4, checkpoint_every=2, log_every=1, register=False)
     summary = run(cfg)  # crashed before: transformers refused to save a model loaded from GGUF
     assert summary["metrics"]["steps"] == 2

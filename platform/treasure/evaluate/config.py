@@ -8,14 +8,14 @@ from pydantic import Field, field_validator, model_validator
 
 from treasure.cluster import custom_resources, unset
 from treasure.config import StrictModel
-from treasure.engine import SamplingParams
+from treasure.models.engine import SamplingParams
 from treasure.evaluate.judge import JudgeConfig
 
 
 class GenerationConfig(StrictModel):
     """How answers are generated (Ray Data over an actor pool of engines)."""
 
-    backend: Literal["transformers", "vllm"] = Field("transformers", description="Engine backend (treasure.engine).")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="Engine backend (treasure.models.engine).")
     device: str = Field("cpu", description="torch device of each engine actor.")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, exclude_if=unset, description="Weights dtype; None: bfloat16 for vllm where the hardware has it natively, else float32.")

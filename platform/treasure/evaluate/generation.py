@@ -25,7 +25,7 @@ import json
 import os
 from typing import Any
 
-from treasure.engine import EngineConfig, Generation, SamplingParams, load_engine
+from treasure.models.engine import EngineConfig, Generation, SamplingParams, load_engine
 from treasure.taxonomy import Taxonomy
 from treasure.template import split_output
 
@@ -135,7 +135,7 @@ def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params:
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
     from transformers import AutoTokenizer
 
-    from treasure.engine import effective_temperature, prompt_token_ids
+    from treasure.models.engine import effective_temperature, prompt_token_ids
     from treasure.models.vllm_async import engine_kwargs
 
     kwargs = engine_kwargs(engine)

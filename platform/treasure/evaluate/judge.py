@@ -30,6 +30,7 @@ from pydantic import Field
 
 from treasure.config import StrictModel
 from treasure.evaluate.metrics import combine_orders
+from treasure.models.packaged import PACKAGED_SMOLLM2
 
 JUDGE_SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
@@ -71,7 +72,7 @@ class JudgeConfig(StrictModel):
     """Which judge to use for win rates."""
 
     type: Literal["likelihood", "local", "http", "none"] = Field("likelihood", description="likelihood scorer (local model), local model as verdict judge, OpenAI-compatible HTTP endpoint, or none (skip win rates).")
-    model: str = Field("packaged:smollm2", description="Judge model: a local checkpoint / 'packaged:smollm2', or the endpoint's model name.")
+    model: str = Field(PACKAGED_SMOLLM2, description=f"Judge model: a local checkpoint / '{PACKAGED_SMOLLM2}', or the endpoint's model name.")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL (http judge).")
     api_key_env: str | None = Field("TREASURE_JUDGE_API_KEY", description="Environment variable holding the endpoint's key (never the key itself).")
     timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout (http judge).")
@@ -155,7 +156,7 @@ class LocalJudge:
     """
 
     def __init__(self, config: JudgeConfig):
-        from treasure.engine import EngineConfig, load_engine
+        from treasure.models.engine import EngineConfig, load_engine
 
         self.config = config
         self.engine = load_engine(EngineConfig(model=config.model, batch_size=config.batch_size))
@@ -187,7 +188,7 @@ class LikelihoodScorer:
     """
 
     def __init__(self, config: JudgeConfig):
-        from treasure.engine import EngineConfig, load_engine
+        from treasure.models.engine import EngineConfig, load_engine
 
         self.config = config
         self.engine = load_engine(EngineConfig(model=config.model, batch_size=config.batch_size))

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from treasure import storage, tracking
-from treasure.engine import EngineConfig, auto_dtype
+from treasure.models.engine import EngineConfig, auto_dtype
 from treasure.evaluate import adherence, inference, length_control, metrics, report, winrate
 from treasure.evaluate.config import EvaluateConfig
 from treasure.evaluate.examples import read_annotated, sample, split, value_counts
@@ -27,7 +27,7 @@ from treasure.evaluate.generation import generate_rows
 
 def read_model(uri: str):
     """The validated checkpoint at `uri` (local folder, taxonomy, treasure.json), local or s3://."""
-    from treasure.checkpoint import read_checkpoint
+    from treasure.models.checkpoint import read_checkpoint
 
     return read_checkpoint(uri)
 

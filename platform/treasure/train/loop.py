@@ -152,7 +152,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from treasure.train import checkpoint as ckpt
+    from treasure.models.checkpoint import step_dir_name
+    from treasure.train import resume as ckpt
     from treasure.train.config import TrainConfig
     from treasure.train.data_step import batch_order, collate, format_epoch, load_examples
     from treasure.train.completion_loss import CompletionLM, supports_completion_logits
@@ -281,5 +282,5 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                               scheduler=scheduler, step=step, epoch=epoch, batch_in_epoch=bi,
                                               adapter=adapter)
                         checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_step_{step:06d}")
+                    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=step_dir_name(step))
         epoch, start_batch = epoch + 1, 0

@@ -2,8 +2,9 @@
 
 - ``tiny``: a Llama-style model built from config (random init, seeded) on the corpus-trained BPE
   tokenizer (its folder is passed in; see tokenizer_bpe.py);
-- ``hf``: ``from_pretrained`` on a local folder or hub id (the hub only where one is reachable);
-- ``smollm2``: the packaged SmolLM2-135M-Instruct GGUF (treasure.packaged), dequantized by transformers.
+- ``hf``: ``from_pretrained`` on a local folder or hub id (the hub only where one is reachable), or with
+  ``path: packaged:smollm2`` the packaged SmolLM2-135M-Instruct GGUF (treasure.models.packaged),
+  dequantized by transformers.
 A tokenizer without a pad token gets its eos as pad (labels mask the padding anyway).
 """
 
@@ -19,12 +20,12 @@ def load_tokenizer(model: ModelConfig, tokenizer_dir: str | None):
         if tokenizer_dir is None:
             raise ValueError("model.kind=tiny needs the trained BPE tokenizer folder")
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    elif model.kind == "hf":
-        tok = AutoTokenizer.from_pretrained(model.path)
-    else:
-        from treasure.packaged import load_smollm2_tokenizer
+    elif model.packaged:
+        from treasure.models.packaged import load_smollm2_tokenizer
 
         tok = load_smollm2_tokenizer()
+    else:
+        tok = AutoTokenizer.from_pretrained(model.path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
@@ -52,12 +53,12 @@ def build_model(model: ModelConfig, tokenizer, *, max_length: int, seed: int):
     torch.manual_seed(seed)
     if model.kind == "tiny":
         lm = LlamaForCausalLM(tiny_llama_config(model, tokenizer, max_length))
-    elif model.kind == "hf":
-        lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
-    else:
-        from treasure.packaged import load_smollm2_model
+    elif model.packaged:
+        from treasure.models.packaged import load_smollm2_model
 
         lm = load_smollm2_model(dtype=torch.float32)
+    else:
+        lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
     if lm.config.pad_token_id is None:
         lm.config.pad_token_id = tokenizer.pad_token_id
     return lm

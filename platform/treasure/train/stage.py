@@ -5,7 +5,7 @@
 trains the corpus BPE tokenizer once per data manifest (tiny model), runs the worker loop
 (treasure.train.loop) with FailureConfig retries, and publishes the last checkpoint at
 ``output`` (staged files, then ``manifest.json`` last). Ray's own checkpoints stay under
-``output/_ray/<run>/checkpoint_step_N`` (treasure.checkpoint falls back to them). Idempotent: an
+``output/_ray/<run>/checkpoint_step_N`` (treasure.models.checkpoint falls back to them). Idempotent: an
 ``output`` committed with the same config is returned as is unless ``force``.
 """
 
@@ -22,7 +22,8 @@ from treasure import storage
 from treasure.heldout import is_heldout
 from treasure.taxonomy import load_taxonomy
 from treasure.template import render_completion, render_prompt
-from treasure.train.checkpoint import TRAIN_STATE, quality_reference
+from treasure.models.checkpoint import RAY_DIR, TAXONOMY, TRAIN_STATE
+from treasure.train.resume import quality_reference
 from treasure.train.config import TrainConfig
 from treasure.train.tokenizer_bpe import cache_key, cached_bpe, chat_text
 
@@ -116,7 +117,7 @@ def _trainer(config: TrainConfig, ds, loop_config: dict, run_name: str):
 
     from treasure.train.loop import train_loop_per_worker
 
-    fs, path = _ray_storage(storage.join(config.output, "_ray"))
+    fs, path = _ray_storage(storage.join(config.output, RAY_DIR))
     resources = config.resources_per_worker
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
@@ -161,7 +162,7 @@ def _register(run_id: str, name: str, taxonomy, markers: bool) -> str:
             raise
     source = f"{mlflow.get_run(run_id).info.artifact_uri}/checkpoint"
     mv = client.create_model_version(name, source=source, run_id=run_id, tags={
-        "taxonomy_version": taxonomy.version, "taxonomy_file": "checkpoint/taxonomy.yaml", "markers": str(markers).lower()})
+        "taxonomy_version": taxonomy.version, "taxonomy_file": f"checkpoint/{TAXONOMY}", "markers": str(markers).lower()})
     return mv.version
 
 
@@ -185,7 +186,7 @@ def run(config: TrainConfig, *, parent_run_id: str | None = None) -> dict:
     config_hash = hashlib.sha256(json.dumps(_config_key(config), sort_keys=True).encode()).hexdigest()[:12]
     run_name = f"{config.model_name}-{config_hash}"
     if config.force:  # a forced rerun starts over instead of resuming the previous run's checkpoints
-        storage.delete(storage.join(config.output, "_ray", run_name))
+        storage.delete(storage.join(config.output, RAY_DIR, run_name))
     loop_config = {
         "train": config.model_dump(mode="json"),
         "taxonomy_yaml": taxonomy.to_yaml(),

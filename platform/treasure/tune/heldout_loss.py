@@ -59,6 +59,7 @@ def heldout_loss(model_dir: str, *, input: str, heldout_seed: int, heldout_fract
 
     from treasure.evaluate.examples import read_annotated, sample, split, value_counts
     from treasure.evaluate.metrics import value_bands
+    from treasure.models.checkpoint import TAXONOMY
     from treasure.taxonomy import load_taxonomy
 
     rows, _ = read_annotated(input)
@@ -71,7 +72,7 @@ def heldout_loss(model_dir: str, *, input: str, heldout_seed: int, heldout_fract
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    taxonomy = load_taxonomy(Path(model_dir) / "taxonomy.yaml")
+    taxonomy = load_taxonomy(Path(model_dir) / TAXONOMY)
     out: dict = {}
     all_sum, all_tokens = 0.0, 0
     for band, group in groups.items():

@@ -1,10 +1,12 @@
-"""Writing training checkpoints: an HF folder plus taxonomy.yaml, treasure.json and the resume state.
+"""Writing training checkpoints and the training resume state: an HF folder plus taxonomy.yaml,
+treasure.json and train_state.pt.
 
 Layout (docs/data-formats.md): ``config.json``, ``model.safetensors``, tokenizer files,
 ``taxonomy.yaml``, ``treasure.json`` ({markers, taxonomy_version, data_manifest_id, config, step,
 quality_reference}); intermediate checkpoints add ``train_state.pt`` (optimizer, scheduler, step,
 data position) so a restarted worker group resumes at the same step with the same batches.
-Reading checkpoints (download, validation, fallback) lives in treasure.checkpoint.
+The layout's file names, and reading checkpoints (download, validation, fallback), live in
+treasure.models.checkpoint.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-TRAIN_STATE = "train_state.pt"
-META = "treasure.json"
-TAXONOMY = "taxonomy.yaml"
+from treasure.models.checkpoint import META, TAXONOMY, TRAIN_STATE
 
 
 def quality_reference(rows: list[dict[str, Any]], percentile: float = 95.0) -> dict[str, float]:

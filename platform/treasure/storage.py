@@ -57,12 +57,54 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file. Local paths are written atomically: a temporary file in the same folder,
+    fsync, `os.replace`, fsync of the folder, so a crash leaves the old file or the new one, never a
+    torn one (S3 PUTs are atomic already)."""
     fs, path = filesystem(uri)
+    if not is_s3(uri):
+        _write_local_atomic(Path(path), data)
+        return
     parent = path.rsplit("/", 1)[0]
     if parent:
         fs.create_dir(parent, recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(data)
+
+
+def _write_local_atomic(path: Path, data: bytes) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power cut
+    finally:
+        os.close(folder)
+
+
+def read_json_or_none(uri: str, what: str) -> Any | None:
+    """A JSON file that marks something as finished (a manifest, a shard's done.json), or None when it
+    is missing or torn: a torn marker (a crash mid-write by an older writer, a full disk) means the
+    thing it marks is not finished, never a crash of every later run."""
+    import logging
+
+    if not exists(uri):
+        return None
+    try:
+        return json.loads(read_bytes(uri))
+    except (ValueError, UnicodeDecodeError) as e:
+        logging.getLogger(__name__).warning("%s %s is unreadable (%s); treating it as not committed", what, uri, e)
+        return None
 
 
 def exists(uri: str) -> bool:
@@ -95,10 +137,7 @@ def sha256(uri: str) -> str:
 
 def read_manifest(uri: str) -> dict | None:
     """The committed manifest of an output folder, or None when nothing is committed there."""
-    target = join(uri, MANIFEST)
-    if not exists(target):
-        return None
-    return json.loads(read_bytes(target))
+    return read_json_or_none(join(uri, MANIFEST), "manifest")
 
 
 def commit_manifest(uri: str, files: list[str], extra: dict[str, Any], verify: bool = True) -> dict:

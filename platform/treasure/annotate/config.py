@@ -80,6 +80,16 @@ class TaggerConfig(StrictModel):
     timeout_s: float = Field(120.0, gt=0, description="A row whose tagging takes longer than this is recorded as an error.")
     pool: ActorPool = Field(default_factory=ActorPool, description="Actor pool of the tagger.")
 
+    @model_validator(mode="after")
+    def _vllm_scores_by_choice(self) -> "TaggerConfig":
+        # vLLM's score mode is constrained decoding over the labels, not label log-probabilities:
+        # calibration and score normalization have no meaning there, and provenance must not claim them.
+        if self.enabled and self.engine == "vllm" and self.mode == "score" and \
+                (self.calibration, self.score_norm, self.score_end) != ("none", "sum", False):
+            raise ValueError("tagger engine vllm scores by constrained choice: set calibration: none, score_norm: sum, "
+                             "score_end: false")
+        return self
+
     _model = field_validator("model")(check_model_name)
 
 

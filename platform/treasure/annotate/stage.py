@@ -5,8 +5,9 @@
 1. Plan shards: row ranges of the committed input's Parquet files (`shard_rows` each).
 2. Skip shards already finished under `<output>/_staging/<config hash>/shards/<shard>/`
    (a `done.json` written after the shard's data and errors files).
-3. Ray Data: shard specs → read + cheap annotators (tasks) → LLM tagger (actor pool) →
-   quality + merge (actor pool) → the driver, which writes each shard when all its rows arrived.
+3. Ray Data: shard specs → read + cheap annotators (tasks) → LLM tagger (`engine: vllm`: Ray Data's
+   own LLM processor, `annotate/llm_processor.py`; `transformers`: an actor pool) → quality +
+   merge (actor pool) → the driver, which writes each shard when all its rows arrived.
 4. Publish: quality_bucket (quartiles per language over all rows), final parts, errors table,
    marker report; check input rows = annotated + error rows and ids unique; manifest last.
 """
@@ -132,7 +133,11 @@ def build_dataset(cfg: AnnotateConfig, specs: list[dict]):
     ds = ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
     ds = ds.map_batches(read_shard_batch, batch_size=1, batch_format="pandas", num_cpus=cfg.rule_num_cpus,
                         resources=cfg.rule_resources or None, fn_kwargs={"config": config, "env": env})
-    if cfg.tagger.enabled and any(s["tag_budget"] for s in specs):
+    if cfg.tagger.enabled and any(s["tag_budget"] for s in specs) and cfg.tagger.engine == "vllm":
+        from treasure.annotate.llm_processor import tag_with_processor
+
+        ds = tag_with_processor(ds, cfg)  # ray.data.llm's vLLM engine processor
+    elif cfg.tagger.enabled and any(s["tag_budget"] for s in specs):
         p = cfg.tagger.pool
         ds = ds.map_batches(Tagger, fn_constructor_kwargs={"config": config}, batch_size=p.batch_size, batch_format="pandas",
                             concurrency=p.concurrency, num_cpus=p.num_cpus, num_gpus=p.num_gpus, resources=p.resources or None)

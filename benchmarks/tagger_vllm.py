@@ -1,0 +1,135 @@
+"""The LLM tagger through `ray.data.llm` vs raw vLLM on the same requests: requests/s, side by side.
+
+Run:  .venv/bin/python benchmarks/tagger_vllm.py [--rows 200] [--categories domain,task] [--repeats 2]
+
+Requests: the first `--rows` bundled Self-Instruct instructions (data/), one request per row and
+category, built by the annotate stage's own `treasure.annotate.llm_processor.tag_requests` (the
+tagger prompt with few-shot examples, chat-templated and tokenized; score mode: a
+structured-output choice over the category's labels), with the packaged SmolLM2-135M-Instruct.
+
+Arms, alternating per repeat (order reversed every other repeat), each in a fresh subprocess so
+neither inherits the other's warm caches:
+  ray_data_llm  `treasure.annotate.llm_processor.answers_by_row`: Ray Data's vLLM engine processor,
+                one engine actor holding both CPUs of a local 2-CPU Ray cluster, batches of 64
+  raw_vllm      `vllm.LLM.generate` on the same token ids and sampling parameters in one process
+Both: bf16 where the CPU has it, eager mode, prefix caching on, max_num_seqs 64. Each arm is timed
+from engine creation to the last answer (both pay one engine start, ~30-50 s here, so use enough
+rows that it does not dominate); raw_vllm also reports `generate` alone. Prints JSON and the median
+ratio ray_data_llm / raw_vllm in requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "platform")]
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+DATA = REPO / "data" / "self-instruct" / "user_oriented_instructions.jsonl"
+
+
+def annotate_config(categories: list[str]):
+    from treasure.annotate.config import AnnotateConfig
+
+    return AnnotateConfig.model_validate({
+        "input": "unused", "output": "unused", "taxonomy": "paper",
+        "tagger": {"engine": "vllm", "mode": "score", "calibration": "none", "score_norm": "sum",
+                   "categories": categories, "pool": {"concurrency": 1, "num_cpus": 2.0, "batch_size": 64}}})
+
+
+def build_requests(n: int, categories: list[str]) -> list[dict]:
+    from treasure.annotate.llm_processor import model_folder, tag_requests
+
+    cfg = annotate_config(categories)
+    rows = []
+    for i, line in enumerate(DATA.read_text().splitlines()[:n]):
+        rec = json.loads(line)
+        rows.append({"id": f"si:{i}", "prompt": rec["instruction"], "response": rec["instances"][0]["output"],
+                     "_to_tag": json.dumps(categories), "_error": None})
+    folder = model_folder(cfg.tagger.model)
+    return [r for row in rows for r in tag_requests(row, config_json=cfg.model_dump_json(), folder=folder)]
+
+
+def arm_ray_data_llm(requests: list[dict], categories: list[str]) -> dict:
+    import ray
+
+    from treasure.annotate.llm_processor import answers_by_row
+
+    cfg = annotate_config(categories)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    t0 = time.perf_counter()
+    got = answers_by_row(cfg, ray.data.from_items(requests))
+    t1 = time.perf_counter()
+    ray.shutdown()
+    n = sum(len(v) for v in got.values())
+    return {"answers": n, "seconds_with_start": round(t1 - t0, 1), "requests_per_s": round(n / (t1 - t0), 2)}
+
+
+def arm_raw_vllm(requests: list[dict], categories: list[str]) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from treasure.annotate.llm_processor import model_folder
+    from treasure.models.engine import auto_dtype
+
+    t0 = time.perf_counter()
+    llm = LLM(model=model_folder(annotate_config(categories).tagger.model), dtype=auto_dtype("vllm"), enforce_eager=True,
+              enable_prefix_caching=True, max_num_seqs=64, max_model_len=4096)
+    params = []
+    for r in requests:
+        sp = json.loads(r["sampling"])
+        choice = sp.pop("structured_outputs", None)
+        params.append(SamplingParams(**sp, structured_outputs=StructuredOutputsParams(**choice) if choice else None))
+    started = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": r["ids"]} for r in requests], params, use_tqdm=False)
+    t1 = time.perf_counter()
+    return {"answers": len(outs), "seconds_with_start": round(t1 - t0, 1), "requests_per_s": round(len(outs) / (t1 - t0), 2),
+            "generate_only_s": round(t1 - started, 1)}
+
+
+def child(arm: str, rows: int, categories: list[str]) -> None:
+    requests = build_requests(rows, categories)
+    result = (arm_ray_data_llm if arm == "ray_data_llm" else arm_raw_vllm)(requests, categories)
+    print("RESULT " + json.dumps({"arm": arm, "requests": len(requests), **result}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--categories", default="domain,task")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--arm", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    cats = args.categories.split(",")
+    if args.arm:
+        child(args.arm, args.rows, cats)
+        return
+    arms, results = ["ray_data_llm", "raw_vllm"], []
+    for rep in range(args.repeats):
+        for arm in (arms if rep % 2 == 0 else arms[::-1]):
+            out = subprocess.run([sys.executable, __file__, "--arm", arm, "--rows", str(args.rows), "--categories",
+                                  args.categories], capture_output=True, text=True, timeout=1800)
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                raise RuntimeError(f"{arm} failed:\n{out.stderr[-3000:]}")
+            results.append({"repeat": rep, **json.loads(line[len("RESULT "):])})
+            print(json.dumps(results[-1]), flush=True)
+    ratios = [a["requests_per_s"] / b["requests_per_s"]
+              for a, b in zip([r for r in results if r["arm"] == "ray_data_llm"], [r for r in results if r["arm"] == "raw_vllm"])]
+    print(json.dumps({"rows": args.rows, "categories": cats, "results": results,
+                      "ratio_ray_data_llm_over_raw": round(statistics.median(ratios), 3),
+                      "ratios": [round(x, 3) for x in ratios]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -145,6 +145,8 @@ def test_bad_json_and_chat_shapes(base):
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]["message"]
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
     assert post(base, "/v1/chat/completions", {"messages": msgs, "max_tokens": 2}).status_code == 200  # history is kept
+    r = post(base, "/v1/chat/completions", {"messages": msgs, "logprobs": True})
+    assert r.status_code == 400 and "needs the vllm engine" in r.json()["error"]["message"]
     r = post(base, "/v1/chat/completions", {"messages": msgs[:2]})
     assert r.status_code == 400 and "end with a user message" in r.json()["error"]["message"]
 

@@ -29,7 +29,8 @@ class Step:
     text: str  # new text (may be '' while a multi-byte character is incomplete)
     tokens: int  # new tokens
     finish_reason: str | None  # None while running; "stop" or "length" on the last step
-    logprobs: list[float] | None = None  # log-probability of each new token (when asked)
+    # Per new token (when asked): (token text, its log-probability, [(alternative, log-probability)...]).
+    logprobs: list[tuple[str, float, list[tuple[str, float]]]] | None = None
 
 
 def vllm_missing_message() -> str:
@@ -82,23 +83,29 @@ class AsyncVLLMEngine:
             output_kind=RequestOutputKind.DELTA,
         )
 
-    async def steps(self, prompt_ids: list[int], params: SamplingParams, *, logprobs: bool = False,
+    async def steps(self, prompt_ids: list[int], params: SamplingParams, *, logprobs: int | None = None,
                     request_id: str | None = None) -> AsyncIterator[Step]:
         """The request's steps until it finishes; closing the iterator early aborts it in the engine."""
         if len(prompt_ids) >= self.context:
             raise ValueError(f"prompt is {len(prompt_ids)} tokens; the model's context is {self.context}")
-        sp = self.sampling(params, 0 if logprobs else None)
+        sp = self.sampling(params, logprobs)
         rid = request_id or uuid.uuid4().hex
         # vLLM's generate aborts the request itself when this generator is closed or cancelled.
         async for out in self.engine.generate({"prompt_token_ids": list(prompt_ids)}, sp, rid):
             c = out.outputs[0]
             lps = None
-            if logprobs and c.logprobs:
-                lps = [d[t].logprob for d, t in zip(c.logprobs, c.token_ids)]
+            if logprobs is not None and c.logprobs:
+                lps = [(self._text(t, d[t]), d[t].logprob,
+                        [(self._text(k, v), v.logprob) for k, v in sorted(d.items(), key=lambda kv: kv[1].rank or 0)
+                         if k != t][:logprobs])
+                       for d, t in zip(c.logprobs, c.token_ids)]
             reason = None
             if out.finished:
                 reason = "length" if c.finish_reason == "length" else "stop"
             yield Step(c.text, len(c.token_ids), reason, lps)
+
+    def _text(self, token_id: int, lp) -> str:
+        return lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([token_id])
 
     def running(self) -> int:
         """Requests the engine holds now (0 once every stream ended or was aborted)."""

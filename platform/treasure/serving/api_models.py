@@ -98,6 +98,8 @@ class ChatCompletionRequest(SamplingFields):
     stream: bool = False
     n: int = Field(1, ge=1, le=8, description="Choices to generate (each with its own seed: seed, seed+1, ...).")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens.")
+    logprobs: bool = Field(False, description="Return each answer token's log-probability (engine: vllm; not with stream).")
+    top_logprobs: int | None = Field(None, ge=0, le=5, description="With logprobs: this many most likely alternatives per token.")
     markers: dict[str, MarkerValue] = Field(default_factory=dict, description="Markers to fix (extra body field).")
 
 
@@ -113,6 +115,8 @@ class CompletionRequest(SamplingFields):
     prompt: str = Field(min_length=1, description="The user's text (one prompt per request).")
     stream: bool = False
     n: int = Field(1, ge=1, le=8, description="Choices to generate (seeds seed, seed+1, ...).")
+    logprobs: int | None = Field(None, ge=0, le=5, description="Return answer tokens' log-probabilities and this many "
+                                 "alternatives per token (engine: vllm; not with stream).")
     markers: dict[str, MarkerValue] = Field(default_factory=dict, description="Markers to fix (extra body field).")
 
 

@@ -38,6 +38,7 @@ class Prepared:
     stop: tuple[str, ...] = ()  # cut the visible answer before the first one
     n: int = 1
     prompt_ids: list[int] | None = None
+    logprobs: int | None = None  # None: not asked; k: each answer token's log-probability and k alternatives
 
 
 class Answer:
@@ -53,6 +54,7 @@ class Answer:
         self.answer_tokens = 0
         self.tokens = 0
         self.finish: str | None = None  # set when the answer is over before the engine says so
+        self.counted = False  # whether the last fed step's tokens were the answer's (not the block's)
         self.stripper.feed(prepared.prefix)
 
     def feed(self, text: str, tokens: int) -> str:
@@ -61,7 +63,8 @@ class Answer:
         out, found = self.stops.feed(self.stripper.feed(text))
         self.tokens += tokens
         # Tokens of the step that closes a block are the block's; without a block every token is the answer's.
-        if in_answer or self.stripper.block is False:
+        self.counted = in_answer or self.stripper.block is False
+        if self.counted:
             self.answer_tokens += tokens
         if found:
             self.finish = "stop"
@@ -91,6 +94,7 @@ class Result:
     finish_reason: str  # "stop" or "length"
     inferred: dict[str, str]
     completion_tokens: int
+    logprobs: list | None = None  # per answer token: (text, log-probability, alternatives), when asked
 
 
 def block_token_budget(taxonomy: Taxonomy, tokenizer) -> int:
@@ -153,13 +157,17 @@ class ModelServer:
                               seed=req.seed or 0), n
 
     def _prepare(self, turn: tuple[Any, str], requested: dict[str, str], req: SamplingFields, max_tokens: int | None,
-                 n: int = 1) -> Prepared:
+                 n: int = 1, logprobs: int | None = None) -> Prepared:
         from treasure.models.engine import prompt_token_ids
 
         params, answer_tokens = self._params(req, max_tokens)
         ids = prompt_token_ids(self.engine.tokenizer, *turn)
         check_prompt_tokens(len(ids), self.config.max_prompt_tokens)
-        return Prepared(turn[0], turn[1], requested, params, len(ids), answer_tokens, tuple(req.stop or ()), n, ids)
+        if logprobs is not None and not self.is_async:
+            raise LimitError(400, "logprobs needs the vllm engine (this server runs transformers)", param="logprobs")
+        if logprobs is not None and getattr(req, "stream", False):
+            raise LimitError(400, "logprobs is not supported with stream", param="logprobs")
+        return Prepared(turn[0], turn[1], requested, params, len(ids), answer_tokens, tuple(req.stop or ()), n, ids, logprobs)
 
     def prepare_generate(self, req: GenerateRequest) -> Prepared:
         """Validate markers (MarkerError), bound tokens (LimitError), build the user turn."""
@@ -170,12 +178,13 @@ class ModelServer:
     def prepare_completion(self, req: CompletionRequest) -> Prepared:
         requested = validate_requested(req.markers, self.taxonomy)
         return self._prepare(request_for_prompt(req.prompt, requested, self.taxonomy, self.config.prefill), requested,
-                             req, req.max_tokens, req.n)
+                             req, req.max_tokens, req.n, req.logprobs)
 
     def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
         requested = validate_requested(req.markers, self.taxonomy)
         return self._prepare(request_for_chat(req.messages, requested, self.taxonomy, self.config.prefill), requested,
-                             req, req.max_completion_tokens or req.max_tokens, req.n)
+                             req, req.max_completion_tokens or req.max_tokens, req.n,
+                             (req.top_logprobs or 0) if req.logprobs else None)
 
     # --- engine calls ---------------------------------------------------------------------------
     def generate_batch(self, items: list[Prepared]) -> list[list[Any]]:
@@ -222,11 +231,15 @@ class ModelServer:
         the request in the engine."""
         params = prepared.params.model_copy(update={"seed": prepared.params.seed + index})
         answer = Answer(self.taxonomy, prepared)
-        steps = self.engine.steps(prepared.prompt_ids, params)
+        steps = self.engine.steps(prepared.prompt_ids, params, logprobs=prepared.logprobs)
         reason = "stop"
+        logprobs: list = []
         try:
             async for step in steps:
                 out = answer.feed(step.text, step.tokens)
+                if step.logprobs and answer.counted and answer.stops.stopped is False:
+                    logprobs.extend(step.logprobs[: max(0, answer.budget - (answer.answer_tokens - step.tokens))]
+                                    if answer.budget else step.logprobs)
                 if out:
                     yield out, None
                 if step.finish_reason:
@@ -243,7 +256,8 @@ class ModelServer:
         if last:
             yield last, None
         yield "", {"markers": {"requested": prepared.requested, "inferred": split_inferred(done.markers, prepared.requested)},
-                   "usage": _usage(prepared.prompt_tokens, answer.tokens), "finish_reason": finish}
+                   "usage": _usage(prepared.prompt_tokens, answer.tokens), "finish_reason": finish,
+                   **({"logprobs": logprobs} if prepared.logprobs is not None else {})}
 
     async def agenerate(self, prepared: Prepared) -> list["Result"]:
         """vLLM engine: the request's `n` choices, generated concurrently."""
@@ -256,7 +270,7 @@ class ModelServer:
                     text += delta
                 else:
                     return Result(text, summary["finish_reason"], summary["markers"]["inferred"],
-                                  summary["usage"]["completion_tokens"])
+                                  summary["usage"]["completion_tokens"], summary.get("logprobs"))
             raise RuntimeError("generation ended without a summary")
 
         return list(await asyncio.gather(*(one(i) for i in range(prepared.n))))
@@ -283,7 +297,8 @@ class ModelServer:
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model_name,
             "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
-                         "finish_reason": r.finish_reason, "markers": self._markers(prepared, r)}
+                         "logprobs": _chat_logprobs(r.logprobs), "finish_reason": r.finish_reason,
+                         "markers": self._markers(prepared, r)}
                         for i, r in enumerate(results)],
             "usage": self._usage_of(prepared, results), "markers": self._markers(prepared, results[0]),
         }
@@ -293,8 +308,9 @@ class ModelServer:
         return {
             "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": self.model_name,
-            "choices": [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason,
-                         "markers": self._markers(prepared, r)} for i, r in enumerate(results)],
+            "choices": [{"index": i, "text": r.text, "logprobs": _completion_logprobs(r.logprobs),
+                         "finish_reason": r.finish_reason, "markers": self._markers(prepared, r)}
+                        for i, r in enumerate(results)],
             "usage": self._usage_of(prepared, results), "markers": self._markers(prepared, results[0]),
         }
 
@@ -393,6 +409,27 @@ def _default_name(checkpoint: str) -> str:
     if is_registry_uri(checkpoint):
         return registry_name(checkpoint)
     return Path(checkpoint.rstrip("/")).name
+
+
+def _chat_logprobs(lps: list | None) -> dict | None:
+    """OpenAI chat `logprobs` for the answer's tokens (the marker block is not part of the answer)."""
+    if lps is None:
+        return None
+    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()),
+                         "top_logprobs": [{"token": a, "logprob": alp, "bytes": list(a.encode())} for a, alp in alts]}
+                        for t, lp, alts in lps]}
+
+
+def _completion_logprobs(lps: list | None) -> dict | None:
+    """OpenAI completions `logprobs` (tokens, token_logprobs, top_logprobs, text_offset) for the answer."""
+    if lps is None:
+        return None
+    offsets, at = [], 0
+    for t, _, _ in lps:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": [t for t, _, _ in lps], "token_logprobs": [lp for _, lp, _ in lps],
+            "top_logprobs": [dict(alts) for _, _, alts in lps], "text_offset": offsets}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -96,8 +96,8 @@ class AsyncVLLMEngine:
             lps = None
             if logprobs is not None and c.logprobs:
                 lps = [(self._text(t, d[t]), d[t].logprob,
-                        [(self._text(k, v), v.logprob) for k, v in sorted(d.items(), key=lambda kv: kv[1].rank or 0)
-                         if k != t][:logprobs])
+                        # The k most likely tokens (the sampled one among them when it ranks that high), as OpenAI does.
+                        [(self._text(k, v), v.logprob) for k, v in sorted(d.items(), key=lambda kv: kv[1].rank or 0)][:logprobs])
                        for d, t in zip(c.logprobs, c.token_ids)]
             reason = None
             if out.finished:

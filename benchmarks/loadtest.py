@@ -268,7 +268,7 @@ def main() -> None:
     from treasure.serving.server import ModelServer
 
     ckpt = materialize(a.checkpoint, Path(a.work_dir))
-    args = {"checkpoint": str(ckpt), "num_cpus": 1, "num_threads": a.threads, "max_batch_size": a.clients,
+    args = {"checkpoint": str(ckpt), "engine": "transformers", "num_cpus": 1, "num_threads": a.threads, "max_batch_size": a.clients,
             "max_ongoing_requests": 4 * a.clients, "max_queued_requests": 8 * a.clients,
             "max_tokens_limit": a.max_tokens, "default_max_tokens": a.max_tokens}
     direct = ModelServer(ServeConfig(**args))  # the same code path minus HTTP/Serve, in this process

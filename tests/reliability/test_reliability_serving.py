@@ -19,7 +19,7 @@ def test_marker_injection_server_path(tiny_checkpoint, taxonomy, check_record):
     from treasure.serving.config import ServeConfig
     from treasure.serving.server import ModelServer
 
-    server = ModelServer(ServeConfig(checkpoint=str(tiny_checkpoint), max_prompt_tokens=4096))
+    server = ModelServer(ServeConfig(checkpoint=str(tiny_checkpoint), engine="transformers", max_prompt_tokens=4096))
     rec = check_record(ss.injection_pure(server, taxonomy, n=2000))
     assert "0 unsafe" in rec["happened"]
 
@@ -60,7 +60,7 @@ def test_replica_killed_under_load(ray_local, serve_http, tiny_checkpoint, check
     from treasure.serving.config import ServeConfig
 
     name = f"reliability_replicas_{os.getpid()}"
-    config = ServeConfig(checkpoint=str(tiny_checkpoint), num_cpus=0.25, default_max_tokens=8, max_tokens_limit=8)
+    config = ServeConfig(checkpoint=str(tiny_checkpoint), engine="transformers", num_cpus=0.25, default_max_tokens=8, max_tokens_limit=8)
     serve.run(make_deployment(config).options(num_replicas=2).bind(config.model_dump_json()), name=name,
               route_prefix=f"/{name}")
     base = f"{serve_http}/{name}"

@@ -51,7 +51,7 @@ def serve_app(serve_http, tiny_checkpoint):
 
     def deploy(**overrides) -> str:
         name = f"treasure{len(names)}_{os.getpid()}_{int(time.time() * 1000) % 100000}"
-        args = {"checkpoint": str(tiny_checkpoint), "num_cpus": 0.25, **overrides}
+        args = {"checkpoint": str(tiny_checkpoint), "num_cpus": 0.25, "engine": "transformers", **overrides}
         serve.run(build_app(args), name=name, route_prefix=f"/{name}")
         names.append(name)
         base = f"{serve_http}/{name}"

@@ -12,7 +12,7 @@ from treasure.serving.server import ModelServer
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
-    return ModelServer(ServeConfig(checkpoint=str(tiny_checkpoint), max_tokens_limit=16, default_max_tokens=4))
+    return ModelServer(ServeConfig(checkpoint=str(tiny_checkpoint), engine="transformers", max_tokens_limit=16, default_max_tokens=4))
 
 
 def test_loads_a_registered_mlflow_model(tmp_path, tiny_checkpoint, taxonomy, monkeypatch):
@@ -29,7 +29,7 @@ def test_loads_a_registered_mlflow_model(tmp_path, tiny_checkpoint, taxonomy, mo
     client.create_registered_model("tiny-marked")
     client.create_model_version("tiny-marked", source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id)
 
-    srv = ModelServer(ServeConfig(checkpoint="models:/tiny-marked/1", max_tokens_limit=8, default_max_tokens=4))
+    srv = ModelServer(ServeConfig(checkpoint="models:/tiny-marked/1", engine="transformers", max_tokens_limit=8, default_max_tokens=4))
     assert srv.taxonomy.version == taxonomy.version and srv.model_name == "tiny-marked/1"
     p = srv.prepare_generate(GenerateRequest(prompt="hi", markers={"domain": "Legal"}))
     body = srv.response_for(p, srv.results_for(p, srv.generate_batch([p])[0]))
@@ -90,7 +90,7 @@ def test_taxonomy_body_lists_the_block_categories_of_a_block_taxonomy(tmp_path, 
     (ckpt / "taxonomy.yaml").write_text(short.to_yaml())
     meta = json.loads((ckpt / "treasure.json").read_text())
     (ckpt / "treasure.json").write_text(json.dumps({**meta, "taxonomy_version": short.version}))  # checkpoint stays valid
-    srv = ModelServer(ServeConfig(checkpoint=str(ckpt), max_tokens_limit=8, default_max_tokens=2))
+    srv = ModelServer(ServeConfig(checkpoint=str(ckpt), engine="transformers", max_tokens_limit=8, default_max_tokens=2))
     body = srv.taxonomy_body()
     assert [c["name"] for c in body["categories"]] == ["language", "length_bucket"]
     assert body["categories"][1]["allowed"] == ["concise", "medium", "long"]

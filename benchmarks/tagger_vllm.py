@@ -48,7 +48,8 @@ def annotate_config(categories: list[str]):
 
 
 def build_requests(n: int, categories: list[str]) -> list[dict]:
-    from treasure.annotate.llm_processor import model_folder, tag_requests
+    from treasure.annotate.llm_processor import tag_requests
+    from treasure.models.causal_lm import model_folder
 
     cfg = annotate_config(categories)
     rows = []
@@ -79,7 +80,7 @@ def arm_raw_vllm(requests: list[dict], categories: list[str]) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from treasure.annotate.llm_processor import model_folder
+    from treasure.models.causal_lm import model_folder
     from treasure.models.engine import auto_dtype
 
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ import os
 import pandas as pd
 
 from treasure.annotate.config import AnnotateConfig
+from treasure.models.causal_lm import model_folder
 
 KEY_SEP = "\x1f"  # between row id and category in a request key (never in either)
 
@@ -44,13 +45,6 @@ def _tokenizer(folder: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder)
-
-
-def model_folder(model: str) -> str:
-    """A local HF folder for the tagger's `model` (the packaged SmolLM2 exported once)."""
-    from treasure.models.packaged import PACKAGED_SMOLLM2, smollm2_hf_dir
-
-    return str(smollm2_hf_dir()) if model == PACKAGED_SMOLLM2 else model
 
 
 def tag_requests(row: dict, *, config_json: str, folder: str) -> list[dict]:

@@ -47,7 +47,8 @@ class LMLoglikScorer:
     name = "lm_loglik"
 
     def __init__(self, model: str = PACKAGED_SMOLLM2, max_tokens: int = 128, batch_size: int = 8):
-        from treasure.annotate.tagger_engines import load_causal_lm, model_name
+        from treasure.annotate.tagger_engines import model_name
+        from treasure.models.causal_lm import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(model)
         self.model_name = model_name(model)

@@ -33,19 +33,6 @@ def crop(cache, length: int) -> None:
         cache.crop(-extra)
 
 
-def load_causal_lm(model: str):
-    """(model, tokenizer) for 'packaged:smollm2' or a local folder; eval mode, float32 on CPU."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if model == PACKAGED_SMOLLM2:
-        folder = smollm2_hf_dir()  # safetensors load in a second; de-quantizing the GGUF takes 10 s or more
-        lm, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-    else:
-        lm, tok = AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
-    lm.eval()
-    return lm, tok
-
-
 class TransformersTagger:
     name = "transformers"
 
@@ -54,6 +41,8 @@ class TransformersTagger:
         import torch
 
         self.torch = torch
+        from treasure.models.causal_lm import load_causal_lm
+
         self.model, self.tokenizer = load_causal_lm(model)
         self.model_name = model_name(model)
         self.max_new_tokens = max_new_tokens

@@ -120,20 +120,14 @@ class TransformersEngine:
 
     def __init__(self, config: EngineConfig):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from treasure.models.causal_lm import load_causal_lm
 
         self.config = config
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         dtype = getattr(torch, config.dtype)
-        folder = resolve_model_dir(config.model)
-        if folder == PACKAGED_SMOLLM2:
-            from treasure.models.packaged import load_smollm2_model, load_smollm2_tokenizer
-
-            self.tokenizer, self.model = load_smollm2_tokenizer(), load_smollm2_model(dtype=dtype)
-        else:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        self.model, self.tokenizer = load_causal_lm(config.model, dtype=dtype)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{config.model}: the tokenizer has no chat template; the engine needs one")
         # One generation at a time: streams run in their own threads and batches in another, and a

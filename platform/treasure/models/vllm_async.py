@@ -18,8 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from treasure.models.engine import EngineConfig, SamplingParams, effective_temperature, resolve_model_dir
-from treasure.models.packaged import PACKAGED_SMOLLM2
+from treasure.models.engine import EngineConfig, SamplingParams, effective_temperature
 
 
 @dataclass
@@ -40,11 +39,9 @@ def vllm_missing_message() -> str:
 
 def engine_kwargs(config: EngineConfig) -> dict:
     """vLLM engine arguments for `config` (the async engine here and the offline one in treasure.models.engine)."""
-    folder = resolve_model_dir(config.model)
-    if folder == PACKAGED_SMOLLM2:
-        from treasure.models.packaged import smollm2_hf_dir
+    from treasure.models.causal_lm import model_folder
 
-        folder = str(smollm2_hf_dir())
+    folder = model_folder(config.model)
     # vLLM's CPU backend sizes its KV cache from this variable (GiB) at engine start, not from
     # gpu_memory_utilization; the default (4 GiB per engine) is more than a small CI box can spare.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))

@@ -19,7 +19,7 @@ from treasure.serving.api_models import ChatCompletionRequest, CompletionRequest
 from treasure.serving.config import ServeConfig
 from treasure.serving.limits import LimitError, check_prompt_tokens, resolve_max_tokens
 from treasure.serving.prompting import (
-    BlockStripper, allowed_values, finish_output, request_for_chat, request_for_prompt, split_inferred,
+    BlockStripper, allowed_values, request_for_chat, request_for_prompt, split_inferred,
     validate_requested,
 )
 from treasure.taxonomy import Taxonomy, load_taxonomy

@@ -55,10 +55,10 @@ def heldout_loss(model_dir: str, *, input: str, heldout_seed: int, heldout_fract
                  categories: list[str], max_rows: int, seed: int, max_length: int) -> dict:
     """{"heldout": {"loss", "tail": {"loss", "rows"}, "head": {...}}} for the checkpoint in `model_dir`."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from treasure.evaluate.examples import read_annotated, sample, split, value_counts
     from treasure.evaluate.metrics import value_bands
+    from treasure.models.causal_lm import load_causal_lm
     from treasure.models.checkpoint import TAXONOMY
     from treasure.taxonomy import load_taxonomy
 
@@ -68,10 +68,9 @@ def heldout_loss(model_dir: str, *, input: str, heldout_seed: int, heldout_fract
         raise ValueError(f"no held-out rows in {input} at heldout_fraction={heldout_fraction}")
     bands = value_bands(value_counts(train), tail_fraction)
     groups = band_groups(sample(held, max_rows, seed, "heldout_loss"), bands, categories)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model, tokenizer = load_causal_lm(str(model_dir), dtype=torch.float32)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     taxonomy = load_taxonomy(Path(model_dir) / TAXONOMY)
     out: dict = {}
     all_sum, all_tokens = 0.0, 0

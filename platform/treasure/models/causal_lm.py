@@ -1,0 +1,31 @@
+"""Loading a causal LM and its tokenizer: the one place every model-using component goes through.
+
+`model` is the packaged SmolLM2 (`packaged:smollm2`, loaded from its exported plain-HF folder:
+safetensors load in about a second, de-quantizing the GGUF takes 10 s or more), a local folder, a
+checkpoint URI (s3://, validated by `treasure.models.checkpoint`) or a Hub id where a hub is reachable.
+Engines, the tagger, the quality scorer, the judges and the held-out loss all call `load_causal_lm`.
+"""
+
+from __future__ import annotations
+
+
+def model_folder(model: str) -> str:
+    """A local folder (or Hub id) for `model`."""
+    from treasure.models.engine import resolve_model_dir
+    from treasure.models.packaged import PACKAGED_SMOLLM2, smollm2_hf_dir
+
+    if model == PACKAGED_SMOLLM2:
+        return str(smollm2_hf_dir())
+    try:
+        return resolve_model_dir(model)
+    except FileNotFoundError:
+        return model  # a Hub id: from_pretrained resolves it (or says clearly that it cannot)
+
+
+def load_causal_lm(model: str, dtype=None):
+    """(model in eval mode, tokenizer) for `model`; `dtype` a torch dtype (default: the weights' own, float32 here)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = model_folder(model)
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    return lm.eval(), AutoTokenizer.from_pretrained(folder)

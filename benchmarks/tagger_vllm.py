@@ -35,6 +35,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+# Both arms bind vLLM to every core, as the processor does (treasure.models.processor.cpu_engine_env).
+os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 DATA = REPO / "data" / "self-instruct" / "user_oriented_instructions.jsonl"
 
 

@@ -2,8 +2,9 @@
 
 Run (from the repository root, Ray started locally by `serve run`):
     serve run serving.app:build_app checkpoint=runs/demo/checkpoints/marked
-    serve run serving.app:build_app config=serving/serve_app.yaml max_batch_size=4
-Deploy on a running cluster with autoscaling: `serve deploy serving/serve_config.yaml`.
+    serve run serving.app:build_app checkpoint=runs/demo/checkpoints/marked max_batch_size=4 api_docs=true
+Deploy on a running cluster with autoscaling: `serve deploy serving/serve_config.yaml`. (`config=FILE`
+reads the `serve:` section of a YAML file, with `key=value` arguments on top.)
 
 Routes: POST /v1/generate, POST /v1/completions and /v1/chat/completions (OpenAI-compatible,
 `markers` as an extra body field, SSE streaming), GET /v1/models, GET /v1/taxonomy, GET /healthz.
@@ -12,11 +13,15 @@ streams; a stream the client leaves is aborted in the engine). With `engine: tra
 fallback without vLLM) non-streamed requests are batched with @serve.batch over the engine's
 batched generate. Overload beyond max_ongoing_requests + max_queued_requests is answered 503 by
 Serve itself, before any work is done, for streams as for plain requests.
+
+What a client sees of a failure is its kind and an incident id; the exception itself goes to the
+replica's log under that id (`/healthz`, stream error events and 503 bodies never carry it).
+/docs and /openapi.json exist only with `api_docs: true`.
 """
 
 import asyncio
 import json
-import os
+import logging
 import time
 import uuid
 from typing import Any
@@ -31,13 +36,33 @@ from treasure.config import load_config
 from treasure.json_input import JSONInputError, parse_json
 from treasure.serving import sse
 from treasure.serving.api_models import MAX_JSON_DEPTH, ChatCompletionRequest, CompletionRequest, GenerateRequest
-from treasure.serving.auth import AuthError, check_bearer, token_from_env
+from treasure.serving.auth import AuthError, check_bearer, check_exposure, token_from_env
 from treasure.serving.batching import ConcurrencyTracker
 from treasure.serving.config import ServeConfig
 from treasure.serving.limits import BodyLimitMiddleware, LimitError
 from treasure.serving.prompting import ChatShapeError, MarkerError, allowed_values
 from treasure.serving.server import ModelServer, Prepared
 from treasure.serving.timing import server_timing
+
+
+logger = logging.getLogger("ray.serve")
+
+
+def _incident(what: str, e: BaseException) -> str:
+    """Log `e` under a fresh incident id (the replica's log) and return the id for the client."""
+    incident = uuid.uuid4().hex[:12]
+    logger.error("incident %s: %s: %s: %s", incident, what, type(e).__name__, e, exc_info=e)
+    return incident
+
+
+def _proxy_host() -> str | None:
+    """The host Serve's HTTP proxy listens on (None when the controller cannot be asked)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:
+        return None
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None, **extra: Any) -> JSONResponse:
@@ -69,7 +94,8 @@ def _body_doc(model: type[BaseModel]) -> dict:
 
 def make_deployment(config: ServeConfig):
     """The Serve deployment class for `config` (the FastAPI app carries the config's body limit)."""
-    api = FastAPI(title="Treasure Hunt model server", version="1")
+    docs = {} if config.api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    api = FastAPI(title="Treasure Hunt model server", version="1", **docs)
     api.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
 
     @serve.deployment(
@@ -84,6 +110,7 @@ def make_deployment(config: ServeConfig):
         def __init__(self, config_json: str):
             self.config = ServeConfig.model_validate_json(config_json)
             self.token = token_from_env(self.config.auth_token_env)
+            check_exposure(self.token is not None, _proxy_host(), self.config.allow_unauthenticated)
             self.core = ModelServer(self.config)
             self._batched.set_max_batch_size(self.config.max_batch_size)
             self._batched.set_batch_wait_timeout_s(0.0)
@@ -99,7 +126,9 @@ def make_deployment(config: ServeConfig):
             try:
                 return model.model_validate(data)
             except ValidationError as e:
-                problems = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()]
+                problems = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: "
+                            + ("not a field this endpoint honours" if err["type"] == "extra_forbidden" else err["msg"])
+                            for err in e.errors()]
                 raise _BadBody("invalid request: " + "; ".join(problems)) from None
 
         async def _handle(self, request: Request, model, prepare, respond, events):
@@ -126,6 +155,8 @@ def make_deployment(config: ServeConfig):
                         gens, started, ended = await self._batched(prepared)
                     finally:
                         self.concurrency.exit()
+                    if isinstance(gens, Exception):  # this request broke the batch (the others were answered)
+                        raise gens
                     results = self.core.results_for(prepared, gens)
                 t3 = time.perf_counter()
                 response = JSONResponse(respond(prepared, results))
@@ -147,6 +178,8 @@ def make_deployment(config: ServeConfig):
                 return _error(e.status, str(e), "request_too_large" if e.status == 413 else "invalid_request_error", e.param)
             except ValueError as e:  # the engine refused this request's input (e.g. a prompt past the context)
                 return _error(400, str(e), "invalid_request_error", "prompt")
+            except Exception as e:  # an engine failure: 503 (retry; the health check replaces a broken replica)
+                return _error(503, f"generation failed (incident {_incident('generate', e)}); retry", "engine_error")
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.003)
         async def _batched(self, items: list[Prepared]) -> list[tuple[Any, float, float]]:
@@ -154,9 +187,10 @@ def make_deployment(config: ServeConfig):
             return await asyncio.to_thread(self._timed_generate, items)
 
         def _timed_generate(self, items: list[Prepared]) -> list[tuple[Any, float, float]]:
-            """(Generations, engine start, engine end) per item; the times feed Server-Timing."""
+            """(Generations or the item's own failure, engine start, engine end) per item; the times feed
+            Server-Timing. A request that breaks the batch fails alone (generate_isolated)."""
             started = time.perf_counter()
-            gens = self.core.generate_batch(items)
+            gens = self.core.generate_isolated(items)
             ended = time.perf_counter()
             return [(g, started, ended) for g in gens]
 
@@ -197,7 +231,7 @@ def make_deployment(config: ServeConfig):
             try:
                 await self.core.acheck_health()
             except Exception as e:
-                return _error(503, str(e), "engine_unhealthy")
+                return _error(503, f"engine unhealthy (incident {_incident('health', e)})", "engine_unhealthy")
             return {"status": "ok", "model": self.core.model_name, "taxonomy_version": self.core.taxonomy.version,
                     **self.core.stats()}
 
@@ -217,7 +251,8 @@ def make_deployment(config: ServeConfig):
                 async for line in events(deltas):
                     yield line
             except Exception as e:
-                yield sse.event({"error": {"message": f"{type(e).__name__}: {e}", "type": "engine_error"}})
+                yield sse.event({"error": {"message": f"generation failed (incident {_incident('stream', e)})",
+                                           "type": "engine_error"}})
             yield sse.DONE
 
         async def _generate_events(self, deltas):
@@ -257,18 +292,12 @@ def build_app(args: dict[str, Any]):
     """The Serve application for `args`: `config=<yaml with a serve: section>` plus ServeConfig overrides.
 
     `serve run serving.app:build_app checkpoint=PATH` passes strings; a `serve deploy` config passes
-    its `args:` mapping. If auth is on and its environment variable is set here, it is forwarded to
-    the replicas through their runtime environment (never logged).
+    its `args:` mapping. With auth on, each replica reads the token from its own process environment
+    (the Ray node's); nothing secret is put in the application or its runtime env, which the
+    dashboard shows.
     """
     args = dict(args or {})
     path = args.pop("config", None)
     overrides = [f"{k}={v if not isinstance(v, (dict, list)) else json.dumps(v)}" for k, v in args.items()]
     config = load_config(ServeConfig, path, overrides, section="serve" if path else None)
-    deployment = make_deployment(config)
-    env = {}
-    if config.auth_token_env and os.environ.get(config.auth_token_env):
-        env[config.auth_token_env] = os.environ[config.auth_token_env]
-    if env:
-        deployment = deployment.options(ray_actor_options={
-            "num_cpus": config.num_cpus, "num_gpus": config.num_gpus, "runtime_env": {"env_vars": env}})
-    return deployment.bind(config.model_dump_json())
+    return make_deployment(config).bind(config.model_dump_json())

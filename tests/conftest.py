@@ -72,6 +72,10 @@ def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer, taxonomy):
     return out
 
 
+# The bearer token of every test app with auth on (a placeholder, not a secret).
+TEST_TOKEN_ENV, TEST_TOKEN = "TREASURE_SERVE_TEST_TOKEN", "test-token-not-a-secret"
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray cluster for the whole test session, pinned to loopback, 2 CPUs.
@@ -83,6 +87,9 @@ def ray_local():
 
     import ray
 
+    # Serve replicas read bearer tokens from their own process environment, never from a runtime env:
+    # the test token is in place before Ray starts the workers that inherit it.
+    os.environ.setdefault(TEST_TOKEN_ENV, TEST_TOKEN)
     for attempt in range(3):
         if ray.is_initialized():
             break

@@ -114,12 +114,17 @@ def exists(uri: str) -> bool:
 
 def list_files(uri: str) -> list[str]:
     """URIs of all files under `uri` (recursive), sorted."""
+    return [f for f, _, _ in list_file_infos(uri)]
+
+
+def list_file_infos(uri: str) -> list[tuple[str, int, int]]:
+    """(URI, size in bytes, modification time in ns) of every file under `uri` (recursive), sorted."""
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     prefix = "s3://" if is_s3(uri) else ""
-    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
+    return sorted((prefix + i.path, i.size, i.mtime_ns or 0) for i in infos if i.type == pafs.FileType.File)
 
 
 def delete(uri: str) -> None:

@@ -9,8 +9,9 @@ import pytest
 
 import scenarios_serving as ss
 
-TOKEN = "reliability-token-not-a-secret"
-TOKEN_ENV = "TREASURE_SERVE_RELIABILITY_TOKEN"
+# Set in the replicas' environment by the session's Ray (tests/conftest.py).
+TOKEN = "test-token-not-a-secret"
+TOKEN_ENV = "TREASURE_SERVE_TEST_TOKEN"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -26,8 +27,7 @@ def test_marker_injection_server_path(tiny_checkpoint, taxonomy, check_record):
 
 @pytest.fixture(scope="module")
 def guarded(serve_app):
-    os.environ[TOKEN_ENV] = TOKEN  # forwarded to the replica by build_app
-    return serve_app(auth_token_env=TOKEN_ENV, max_tokens_limit=16, default_max_tokens=4, max_prompt_tokens=2048,
+    return serve_app(auth_token_env=TOKEN_ENV, api_docs=True, max_tokens_limit=16, default_max_tokens=4, max_prompt_tokens=2048,
                      max_ongoing_requests=2, max_queued_requests=2, max_batch_size=2)
 
 

@@ -19,9 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `serving` is a top-level folder of the repository
     sys.path.insert(0, str(REPO))
 
-TEST_TOKEN_ENV = "TREASURE_SERVE_TEST_TOKEN"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -37,3 +37,25 @@ def test_build_app_parses_string_args_and_config_files(tmp_path):
         build_app({"checkpoint": "x", "max_batch_size": "0"})
     with pytest.raises(ConfigError, match="bogus"):
         build_app({"checkpoint": "x", "bogus": "1"})
+
+
+def test_auth_docstring_examples_hold():
+    import doctest
+
+    import treasure.serving.auth as auth
+
+    result = doctest.testmod(auth, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_build_app_puts_no_secret_in_the_application(monkeypatch):
+    """The token stays in the replicas' own environment: nothing of it in the bound application
+    (its args and options are what the dashboard shows)."""
+    from ray import cloudpickle
+
+    from serving.app import build_app
+
+    monkeypatch.setenv("TREASURE_CANARY_TOKEN", "canary-3c1f9e")
+    app = build_app({"checkpoint": "runs/x", "auth_token_env": "TREASURE_CANARY_TOKEN"})
+    blob = cloudpickle.dumps(app)  # what goes to the controller: the deployment, its options and args
+    assert b"canary-3c1f9e" not in blob and b"TREASURE_CANARY_TOKEN" in blob

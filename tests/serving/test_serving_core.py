@@ -75,6 +75,34 @@ def test_health_check_fails_when_the_engine_breaks_and_recovers(server):
     assert server.health.error is None and server.health.probes == 2
 
 
+def test_a_request_that_breaks_its_batch_fails_alone(server, monkeypatch):
+    """One poisoned request in a batch: the others are answered, it alone gets the engine's error."""
+    real = server.engine.generate
+
+    def generate(prompts, params, prefixes=None):  # fault injected at the engine call, for one input
+        if any("POISON" in str(p) for p in prompts):
+            raise RuntimeError("the engine choked on this input")
+        return real(prompts, params, prefixes)
+
+    monkeypatch.setattr(server.engine, "generate", generate)
+    prepared = [server.prepare_generate(GenerateRequest(prompt=t, max_tokens=3)) for t in ("q0", "POISON", "q2")]
+    out = server.generate_isolated(prepared)
+    assert [type(o).__name__ for o in out] == ["list", "RuntimeError", "list"]
+    assert [o[0].text for o in (out[0], out[2])] == [server.generate_batch([p])[0][0].text for p in (prepared[0], prepared[2])]
+    with pytest.raises(RuntimeError, match="choked"):
+        server.generate_isolated(prepared[1:2])  # alone, its failure is raised
+    server.health.error = server.health.since = None
+
+
+def test_stats_never_carry_exception_text(server):
+    server._failed(RuntimeError("secret-ish detail /home/user/model.bin"))
+    try:
+        stats = server.stats()
+        assert "detail" not in str(stats) and stats["engine_failed_since"] is not None
+    finally:
+        server.health.error = server.health.since = None
+
+
 def test_taxonomy_body_lists_the_block_categories_of_a_block_taxonomy(tmp_path, tiny_checkpoint):
     """A taxonomy whose `block:` leaves categories out (the demo's) serves only the block's, in block order."""
     import json

@@ -3,20 +3,18 @@ server error, and every answer must be JSON or SSE. Slow: run with `make test-sl
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-TOKEN = "fuzz-token-not-a-secret"
-TOKEN_ENV = "TREASURE_SERVE_FUZZ_TOKEN"
+# Set in the replicas' environment by the session's Ray (tests/conftest.py).
+TOKEN = "test-token-not-a-secret"
+TOKEN_ENV = "TREASURE_SERVE_TEST_TOKEN"
 
 
 @pytest.mark.slow
 def test_no_input_causes_a_server_error(serve_app):
-    os.environ[TOKEN_ENV] = TOKEN
-    base = serve_app(auth_token_env=TOKEN_ENV, max_tokens_limit=8, default_max_tokens=4, max_prompt_tokens=128)
+    base = serve_app(auth_token_env=TOKEN_ENV, api_docs=True, max_tokens_limit=8, default_max_tokens=4, max_prompt_tokens=128)
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     seen = []
     for result in schema.get_all_operations():

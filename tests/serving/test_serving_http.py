@@ -8,7 +8,7 @@ small limits so each limit can be hit cheaply.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
+import json
 import statistics
 import time
 
@@ -24,7 +24,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def base(serve_app):
-    os.environ[TOKEN_ENV] = TOKEN  # forwarded to the replica by build_app
     return serve_app(auth_token_env=TOKEN_ENV, max_body_bytes=2048, max_prompt_tokens=200, max_tokens_limit=48,
                      default_max_tokens=8, max_ongoing_requests=2, max_queued_requests=2, max_batch_size=2)
 
@@ -149,6 +148,49 @@ def test_bad_json_and_chat_shapes(base):
     assert r.status_code == 400 and "needs the vllm engine" in r.json()["error"]["message"]
     r = post(base, "/v1/chat/completions", {"messages": msgs[:2]})
     assert r.status_code == 400 and "end with a user message" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
+    ("/v1/completions", {"prompt": "x", "echo": True}),
+    ("/v1/generate", {"prompt": "x", "tools": []}),
+])
+def test_a_field_the_server_does_not_honour_is_422_on_every_endpoint(base, path, body):
+    """An ignored `tools` or `response_format` would answer something other than what was asked."""
+    r = post(base, path, {**body, "max_tokens": 2})
+    field = next(k for k in body if k not in ("messages", "prompt"))
+    assert r.status_code == 422 and f"{field}: not a field this endpoint honours" in r.json()["error"]["message"], r.text
+
+
+def test_openai_user_and_stream_options_are_accepted(base):
+    assert post(base, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "user": "u1",
+                                                "max_tokens": 2}).status_code == 200
+    assert post(base, "/v1/completions", {"prompt": "x", "user": "u1", "max_tokens": 2}).status_code == 200
+    r = post(base, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
+                                            "stream": True, "stream_options": {"include_usage": True}})
+    events = parse_events(r.text)
+    assert r.status_code == 200 and events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] >= 1
+
+
+def test_api_schema_and_docs_are_off_by_default(base):
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert httpx.get(f"{base}{path}", timeout=30).status_code == 404, path
+
+
+def test_the_token_is_not_visible_in_the_dashboard(base, ray_local):
+    """The replica reads the token from its process environment; the dashboard's application, actor
+    and job views (what anyone who reaches the dashboard sees) never carry it."""
+    from ray.util.state import list_actors
+
+    dashboard = ray_local._private.worker.get_dashboard_url()
+    views = [httpx.get(f"http://{dashboard}{path}", timeout=30) for path in ("/api/serve/applications/", "/api/jobs/")]
+    assert [v.status_code for v in views] == [200, 200]
+    assert "TreasureServer" in views[0].text  # the view does show the app (and so would show its runtime env)
+    actors = json.dumps([a for a in list_actors(detail=True, limit=10000, raise_on_missing_output=False)], default=str)
+    assert "ServeReplica" in actors
+    for text in (views[0].text, views[1].text, actors):
+        assert TOKEN not in text
 
 
 @pytest.mark.parametrize("path", ["/v1/generate", "/v1/chat/completions", "/v1/completions"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 
@@ -160,5 +161,9 @@ def test_engine_failure_ends_the_stream_with_an_error_event_within_a_second(base
             ended_at = time.perf_counter()
     assert killed_at is not None and events[-1] == "[DONE]"
     assert "error" in events[-2] and events[-2]["error"]["type"] == "engine_error", events[-3:]
+    # The client learns the kind and an incident id; the exception itself stays in the replica's log.
+    assert re.fullmatch(r"generation failed \(incident [0-9a-f]{12}\)", events[-2]["error"]["message"]), events[-2]
     assert ended_at - killed_at < 1.0
-    assert httpx.get(f"{base}/healthz", timeout=30).status_code == 503  # Serve's health check replaces the replica
+    health = httpx.get(f"{base}/healthz", timeout=30)
+    assert health.status_code == 503  # Serve's health check replaces the replica
+    assert re.fullmatch(r"engine unhealthy \(incident [0-9a-f]{12}\)", health.json()["error"]["message"]), health.text

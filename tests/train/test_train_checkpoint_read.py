@@ -42,3 +42,69 @@ def test_missing_files_and_nothing_valid(tmp_path, bpe_checkpoint):
     assert validate(bad) == ["missing taxonomy.yaml"]
     with pytest.raises(FileNotFoundError, match="no valid checkpoint"):
         read_checkpoint(str(bad))
+
+
+def _upload(s3, bucket_uri, folder, prefix):
+    bucket = bucket_uri[len("s3://"):]
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{f.relative_to(folder).as_posix()}", Body=f.read_bytes())
+
+
+def test_s3_cache_is_one_immutable_copy_per_version(bpe_checkpoint, s3_bucket, tmp_path, monkeypatch):
+    """A second load reuses the cached copy without rewriting a byte (a replica on the same node may
+    have it memory-mapped); a republished checkpoint gets a new copy and the old one stays whole."""
+    import os
+
+    import boto3
+
+    monkeypatch.setenv("TREASURE_CHECKPOINT_CACHE", str(tmp_path / "cache"))
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    _upload(s3, s3_bucket, bpe_checkpoint, "ckpt")
+    first = read_checkpoint(f"{s3_bucket}/ckpt").local_dir
+    weights = first / "model.safetensors"
+    before = (weights.stat().st_ino, weights.stat().st_mtime_ns)
+    again = read_checkpoint(f"{s3_bucket}/ckpt").local_dir
+    assert again == first and (weights.stat().st_ino, weights.stat().st_mtime_ns) == before
+    meta = json.loads((bpe_checkpoint / "treasure.json").read_text())
+    s3.put_object(Bucket=s3_bucket[5:], Key="ckpt/treasure.json", Body=json.dumps({**meta, "step": 99}).encode())
+    newer = read_checkpoint(f"{s3_bucket}/ckpt")
+    assert newer.local_dir != first and newer.meta["step"] == 99
+    assert json.loads((first / "treasure.json").read_text())["step"] == meta["step"]  # the old copy is untouched
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_s3_key_outside_the_folder_is_refused(bpe_checkpoint, s3_bucket, tmp_path, monkeypatch):
+    import os
+
+    import boto3
+
+    monkeypatch.setenv("TREASURE_CHECKPOINT_CACHE", str(tmp_path / "cache" / "inner"))
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    _upload(s3, s3_bucket, bpe_checkpoint, "ckpt")
+    s3.put_object(Bucket=s3_bucket[5:], Key="ckpt/../../../escaped.txt", Body=b"planted")
+    with pytest.raises(FileNotFoundError, match="would land outside the checkpoint folder"):
+        read_checkpoint(f"{s3_bucket}/ckpt")
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_concurrent_loads_of_one_version_share_a_whole_copy(bpe_checkpoint, s3_bucket, tmp_path, monkeypatch):
+    import concurrent.futures as cf
+    import os
+
+    import boto3
+
+    monkeypatch.setenv("TREASURE_CHECKPOINT_CACHE", str(tmp_path / "cache"))
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    _upload(s3, s3_bucket, bpe_checkpoint, "ckpt")
+    with cf.ThreadPoolExecutor(4) as pool:
+        dirs = list(pool.map(lambda _: read_checkpoint(f"{s3_bucket}/ckpt").local_dir, range(4)))
+    assert len(set(dirs)) == 1 and validate(dirs[0]) == []
+
+
+def test_checkpoint_docstring_examples_hold():
+    import doctest
+
+    import treasure.models.checkpoint as ckpt
+
+    result = doctest.testmod(ckpt, verbose=False)
+    assert result.attempted > 0 and result.failed == 0

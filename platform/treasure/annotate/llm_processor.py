@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 
 import pandas as pd
 
@@ -75,6 +74,7 @@ def answers_by_row(cfg: AnnotateConfig, requests) -> dict[str, dict[str, tuple[s
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from treasure.models.engine import auto_dtype
+    from treasure.models.processor import cpu_engine_env, reshape_map_kwargs
 
     t, p = cfg.tagger, cfg.tagger.pool
     bundle = {"CPU": p.num_cpus, **({"GPU": p.num_gpus} if p.num_gpus else {}), **p.resources}
@@ -85,15 +85,12 @@ def answers_by_row(cfg: AnnotateConfig, requests) -> dict[str, dict[str, tuple[s
                            "enable_prefix_caching": True, "max_num_seqs": p.batch_size, "max_model_len": 4096},
             batch_size=p.batch_size, concurrency=p.concurrency, placement_group_config={"bundles": [bundle]},
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, should_continue_on_error=True,
-            # vLLM's CPU backend sizes its KV cache from this variable (GiB), not from GPU memory.
-            runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}},
+            runtime_env=cpu_engine_env(),
         ),
         preprocess=lambda r: {"tokenized_prompt": list(r["ids"]), "sampling_params": json.loads(r["sampling"])},
         postprocess=lambda r: {"key": r["key"], "raw": r.get("generated_text") or "",
                                "error": str(r.get("__inference_error__") or "")},
-        # The pre/post steps only reshape dicts: no CPU reserved, so they never wait behind engine
-        # actors that hold every CPU of a small machine.
-        preprocess_map_kwargs={"num_cpus": 0}, postprocess_map_kwargs={"num_cpus": 0},
+        preprocess_map_kwargs=reshape_map_kwargs(), postprocess_map_kwargs=reshape_map_kwargs(),
     )
     out: dict[str, dict[str, tuple[str, str]]] = {}
     for batch in processor(requests).iter_batches(batch_format="pandas"):

@@ -22,7 +22,6 @@ engines. `generate_local` does the same in-process (tests, tiny jobs).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from treasure.models.engine import EngineConfig, Generation, SamplingParams, load_engine
@@ -136,6 +135,7 @@ def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params:
     from transformers import AutoTokenizer
 
     from treasure.models.engine import effective_temperature, prompt_token_ids
+    from treasure.models.processor import cpu_engine_env, reshape_map_kwargs
     from treasure.models.vllm_async import engine_kwargs
 
     kwargs = engine_kwargs(engine)
@@ -162,16 +162,15 @@ def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params:
             model_source=folder, engine_kwargs=kwargs, batch_size=batch_size, concurrency=num_actors,
             placement_group_config={"bundles": [bundle]},
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
-            runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]}},
+            runtime_env=cpu_engine_env(),
         ),
         preprocess=lambda r: {"tokenized_prompt": list(r["ids"]), "sampling_params": sampling},
         postprocess=lambda r: {"row_key": r["row_key"], "prefix": r["prefix"], "text": r["generated_text"],
                                "prompt_tokens": r["num_input_tokens"], "completion_tokens": r["num_generated_tokens"]},
-        # The pre/post steps only reshape dicts; reserving no CPU for them keeps them from waiting
-        # behind an engine actor that holds every CPU of a small machine (a deadlock on 2 cores).
-        preprocess_map_kwargs={"num_cpus": 0}, postprocess_map_kwargs={"num_cpus": 0},
+        preprocess_map_kwargs=reshape_map_kwargs(), postprocess_map_kwargs=reshape_map_kwargs(),
     )
-    for r in processor(ray.data.from_items(todo)).take_all():
+    blocks = max(1, -(-len(todo) // batch_size))  # engine-batch-sized blocks, not one block per row
+    for r in processor(ray.data.from_items(todo, override_num_blocks=blocks)).take_all():
         n = int(r["completion_tokens"])
         gen = Generation(str(r["prefix"] or "") + r["text"], int(r["prompt_tokens"]), n,
                          "length" if n >= params.max_tokens else "stop")

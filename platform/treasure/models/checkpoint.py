@@ -6,7 +6,10 @@ The train stage writes this layout (treasure.train.resume); evaluate, serve and 
 folder in the layout of docs/data-formats.md. Candidates, newest first: the published checkpoint
 at ``uri`` itself, then Ray's intermediate checkpoints ``uri/_ray/<run>/checkpoint_step_N``.
 s3:// candidates are downloaded to a local cache (``TREASURE_CHECKPOINT_CACHE``, default
-``runs/checkpoint_cache``). A candidate is valid when its required files are present, the
+``runs/checkpoint_cache``), once per published version (URI + every file's size and modification
+time): into a fresh temporary folder, renamed into place when complete, never rewritten in place,
+so replicas on one node never truncate files another has memory-mapped; a key that would land
+outside the folder (``..``, absolute) makes the candidate invalid. A candidate is valid when its required files are present, the
 manifest's checksums match (where there is a manifest), the JSON files parse and the
 safetensors header reads. A corrupt newest checkpoint is skipped with a warning naming the
 problem, and the previous one is used; none valid is an error. ``resolve_checkpoint`` also takes an
@@ -19,7 +22,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import warnings
+from pathlib import PurePosixPath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +44,7 @@ STEP_DIR_PREFIX = "checkpoint_step_"
 REQUIRED = (MODEL_CONFIG, WEIGHTS, TOKENIZER_CONFIG, TAXONOMY, META)
 STEP_DIR = re.compile(STEP_DIR_PREFIX + r"(\d+)$")
 REGISTRY_SCHEME = "models:/"  # MLflow model registry URIs: models:/<name>/<version>
+CACHE_COMPLETE = ".treasure-cache-complete"  # written last into a downloaded copy: the copy is whole
 
 
 def step_dir_name(step: int) -> str:
@@ -79,20 +86,53 @@ def _candidates(uri: str) -> list[str]:
     return found + [p for _, p in sorted(steps, reverse=True)]
 
 
+def safe_relpath(rel: str, uri: str) -> PurePosixPath:
+    """`rel` (a key below a checkpoint URI) as a path that stays inside the local folder.
+
+    >>> safe_relpath("tokenizer/vocab.json", "s3://b/ckpt")
+    PurePosixPath('tokenizer/vocab.json')
+    >>> safe_relpath("../../.bashrc", "s3://b/ckpt")
+    Traceback (most recent call last):
+    ...
+    ValueError: s3://b/ckpt: key '../../.bashrc' would land outside the checkpoint folder
+    """
+    path = PurePosixPath(rel)
+    if not rel or path.is_absolute() or any(part in ("..", ".", "") for part in rel.split("/")):
+        raise ValueError(f"{uri}: key {rel!r} would land outside the checkpoint folder")
+    return path
+
+
 def _localize(uri: str) -> Path:
-    """A local folder holding the files of checkpoint `uri` (downloaded once for s3://)."""
+    """A local folder holding the files of checkpoint `uri` (s3://: an immutable cached copy per version)."""
     if not storage.is_s3(uri):
         return Path(uri)
-    folder = _cache_root() / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
     prefix = uri.rstrip("/") + "/"
-    for f in storage.list_files(uri):
-        rel = f[len(prefix):]
-        if rel.startswith(RAY_DIR + "/"):
-            continue  # intermediate checkpoints are separate candidates
-        target = folder / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(f))
+    files = [(f, safe_relpath(f[len(prefix):], uri), size, mtime) for f, size, mtime in storage.list_file_infos(uri)
+             if not f[len(prefix):].startswith(RAY_DIR + "/")]  # intermediate checkpoints are separate candidates
+    version = json.dumps([uri, [(str(rel), size, mtime) for _, rel, size, mtime in files]])
+    root = _cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / hashlib.sha256(version.encode()).hexdigest()[:24]
+    if (folder / CACHE_COMPLETE).is_file():
+        return folder  # this version is already here, whole: never rewritten
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}-"))
+    try:
+        for f, rel, _, _ in files:
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(storage.read_bytes(f))
+        (tmp / CACHE_COMPLETE).write_text(uri)
+        if folder.exists() and not (folder / CACHE_COMPLETE).is_file():
+            folder.rename(root / f".stale-{folder.name}-{os.getpid()}")  # a torn copy (a crash mid-download)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process on this node finished the same version first: use its copy
+            if not (folder / CACHE_COMPLETE).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 
@@ -133,7 +173,11 @@ def read_checkpoint(uri: str) -> CheckpointInfo:
     uri = str(uri)
     rejected = []
     for candidate in _candidates(uri):
-        local = _localize(candidate)
+        try:
+            local = _localize(candidate)
+        except ValueError as e:  # a hostile or broken listing: this candidate is unusable
+            rejected.append(f"{candidate}: {e}")
+            continue
         problems = validate(local)
         if not problems:
             meta = json.loads((local / META).read_text())

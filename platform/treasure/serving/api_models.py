@@ -1,8 +1,11 @@
 """Request and response schemas of the HTTP API (pydantic), OpenAI-compatible where it claims to be.
 
-`/v1/generate` is ours and strict (unknown fields are errors). `/v1/chat/completions` follows the
-OpenAI chat API: unknown OpenAI fields are ignored (as other OpenAI-compatible servers do), and
-our extra `markers` field rides along as an extra body field.
+Every endpoint is strict about its top-level fields: a field this server does not honour is a 422
+that names it, never silently ignored (an ignored `tools`, `response_format` or `logit_bias` would
+return an answer that looks right and is not what was asked). The OpenAI endpoints take the OpenAI
+fields listed below plus our `markers` extension (the openai client's `extra_body`); `user` and
+`stream_options` are accepted (usage always comes in a stream's last chunk). Message objects
+ignore fields they do not need (`name`, ...).
 """
 
 from __future__ import annotations
@@ -89,13 +92,22 @@ class ChatMessage(BaseModel):
         return self.content
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's `stream_options`: usage always comes in a stream's last chunk here, asked or not."""
+
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions (the OpenAI fields this server honours, plus `markers`)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="Ignored beyond echoing: one model per server.")
+    user: str | None = Field(None, max_length=256, description="OpenAI's end-user id: accepted, not used.")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
+    stream_options: StreamOptions | None = Field(None, description="Accepted; usage is always in the last chunk.")
     n: int = Field(1, ge=1, le=8, description="Choices to generate (each with its own seed: seed, seed+1, ...).")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens.")
     logprobs: bool = Field(False, description="Return each answer token's log-probability (engine: vllm; not with stream).")
@@ -110,10 +122,12 @@ class CompletionRequest(SamplingFields):
     assistant's answer), so a raw-text continuation would bypass it: a prompt here is a user turn.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="Ignored beyond echoing: one model per server.")
+    user: str | None = Field(None, max_length=256, description="OpenAI's end-user id: accepted, not used.")
     prompt: str = Field(min_length=1, description="The user's text (one prompt per request).")
     stream: bool = False
+    stream_options: StreamOptions | None = Field(None, description="Accepted; usage is always in the last chunk.")
     n: int = Field(1, ge=1, le=8, description="Choices to generate (seeds seed, seed+1, ...).")
     logprobs: int | None = Field(None, ge=0, le=5, description="Return answer tokens' log-probabilities and this many "
                                  "alternatives per token (engine: vllm; not with stream).")

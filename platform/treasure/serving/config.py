@@ -45,7 +45,13 @@ class ServeConfig(StrictModel):
     num_cpus: float = Field(1.0, ge=0.0, le=256.0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs reserved per replica (vLLM on GPU: 1).")
     num_threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads of the engine (None: torch's default, which Ray caps to the replica's num_cpus).")
-    auth_token_env: str | None = Field(None, description="Name of the environment variable holding the bearer token; unset: no auth.")
+    auth_token_env: str | None = Field(None, description="Name of the environment variable holding the bearer token; unset: no auth. "
+                                       "Replicas read it from their own process environment (the node's: `serve run`'s shell, "
+                                       "`ray start`'s, a pod's env from a Secret); it never travels in a runtime env.")
+    allow_unauthenticated: bool = Field(False, description="Start without auth even where Serve's HTTP proxy listens beyond "
+                                        "loopback (by default such a replica refuses to start without auth_token_env).")
+    api_docs: bool = Field(False, description="Serve /docs and /openapi.json (off by default: the schema maps the surface for "
+                           "anyone who can reach the port; schema fuzzing and client generation turn it on).")
     health_probe_tokens: int = Field(1, ge=1, le=16, description="Tokens the health check generates when it must probe a suspect engine.")
 
     @model_validator(mode="after")

@@ -209,6 +209,23 @@ class ModelServer:
             raise
         return out
 
+    def generate_isolated(self, items: list[Prepared]) -> list[list[Any] | Exception]:
+        """`generate_batch`, where one request that breaks the batch fails only itself: after a batch
+        failure each item is generated alone, and an item that fails alone gets its exception as its
+        result (a lone item's failure is raised)."""
+        try:
+            return self.generate_batch(items)
+        except Exception:
+            if len(items) == 1:
+                raise
+        out: list[list[Any] | Exception] = []
+        for item in items:
+            try:
+                out += self.generate_batch([item])
+            except Exception as e:
+                out.append(e)
+        return out
+
     def results_for(self, prepared: Prepared, gens: list[Any]) -> list["Result"]:
         """Transformers engine: whole Generations → Results (answer cut to its budget and stop strings)."""
         results = []
@@ -366,7 +383,8 @@ class ModelServer:
         h = self.health
         return {"batches": h.batches, "batched_requests": h.batched_requests,
                 "mean_batch_size": round(h.batched_requests / h.batches, 2) if h.batches else None,
-                "engine_error": h.error, "health_probes": h.probes, "torch_threads": torch.get_num_threads(),
+                # Whether (and since when) the engine is suspect; never its exception text (that goes to the log).
+                "engine_failed_since": h.since, "health_probes": h.probes, "torch_threads": torch.get_num_threads(),
                 "engine": self.engine_kind, "engine_running": self.engine.running() if self.is_async else None}
 
     async def acheck_health(self) -> None:

@@ -106,7 +106,7 @@ def apply_answers(batch: pd.DataFrame, *, config_json: str, answers) -> pd.DataF
     from treasure.annotate.merge import Candidate, prov
     from treasure.annotate.tagger import outcome
     from treasure.annotate.tagger_engines import model_name
-    from treasure.annotate.workers import error_state, tagger_version
+    from treasure.annotate.workers import error_state, rows_to_tag, tagger_version
 
     import ray
 
@@ -116,10 +116,7 @@ def apply_answers(batch: pd.DataFrame, *, config_json: str, answers) -> pd.DataF
     prompts = _prompts(config_json)
     cands = list(batch["_cands"])
     errors, stages = error_state(batch)
-    for i, row in enumerate(batch.to_dict("records")):
-        todo = json.loads(row["_to_tag"]) if isinstance(row["_to_tag"], str) else []
-        if errors[i] is not None or not todo:
-            continue
+    for i, row, todo in rows_to_tag(batch, errors):
         got = answers.get(str(row["id"]), {})
         failed = [f"{cat}: {got[cat][1]}" for cat in todo if cat in got and got[cat][1]]
         missing = [cat for cat in todo if cat not in got]

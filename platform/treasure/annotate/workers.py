@@ -38,6 +38,15 @@ def error_state(batch: pd.DataFrame) -> tuple[list, list]:
             [None if is_missing(e) else e for e in batch["_error_stage"]])
 
 
+def rows_to_tag(batch: pd.DataFrame, errors: list):
+    """(index, row, categories to tag) for each row of `batch` that has categories left for the
+    LLM tagger and no error yet (both tagger paths walk a batch this way)."""
+    for i, row in enumerate(batch.to_dict("records")):
+        todo = json.loads(row["_to_tag"]) if isinstance(row["_to_tag"], str) else []
+        if errors[i] is None and todo:
+            yield i, row, todo
+
+
 def read_rows(file_uri: str, start: int, stop: int) -> list[dict]:
     """Rows [start, stop) of one input Parquet file, as dicts (missing columns read as None)."""
     fs, path = storage.filesystem(file_uri)
@@ -106,10 +115,7 @@ class Tagger:
         t = self.cfg.tagger
         cands = list(batch["_cands"])
         errors, stages = error_state(batch)
-        for i, row in enumerate(batch.to_dict("records")):
-            todo = json.loads(row["_to_tag"]) if isinstance(row["_to_tag"], str) else []
-            if errors[i] is not None or not todo:
-                continue
+        for i, row, todo in rows_to_tag(batch, errors):
             start, added = time.monotonic(), []
             try:
                 for cat in todo:

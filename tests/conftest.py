@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -74,6 +75,31 @@ def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer, taxonomy):
 
 # The bearer token of every test app with auth on (a placeholder, not a secret).
 TEST_TOKEN_ENV, TEST_TOKEN = "TREASURE_SERVE_TEST_TOKEN", "test-token-not-a-secret"
+# Placeholder AWS credentials (moto accepts any; real ones never appear in code), with canary values
+# for the secret parts: tests search the dashboard, logs, task arguments and MLflow for them.
+from secret_places import AWS_SECRET_CANARY, AWS_SESSION_CANARY  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_aws_env() -> dict[str, str]:
+    """The session's S3 settings, set in this process's environment once, before Ray starts.
+
+    Ray workers inherit the environment of the process that started the cluster, as a real node's
+    workers see the node's own credentials; nothing passes credentials to tasks (issue 16 #5). The
+    session token makes these temporary credentials, as STS / SSO hand out.
+    """
+    if "TREASURE_TEST_S3_PORT" not in os.environ:
+        port = str(_free_port())
+        os.environ.update({"TREASURE_TEST_S3_PORT": port, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                           "AWS_ACCESS_KEY_ID": "ASIATESTINGTESTING", "AWS_SECRET_ACCESS_KEY": AWS_SECRET_CANARY,
+                           "AWS_SESSION_TOKEN": AWS_SESSION_CANARY, "AWS_DEFAULT_REGION": "us-east-1"})
+    return {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                       "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")}
 
 
 @pytest.fixture(scope="session")
@@ -87,9 +113,11 @@ def ray_local():
 
     import ray
 
-    # Serve replicas read bearer tokens from their own process environment, never from a runtime env:
-    # the test token is in place before Ray starts the workers that inherit it.
+    # Serve replicas read bearer tokens, and workers AWS credentials, from their own process
+    # environment, never from a runtime env or task arguments: both are in place before Ray starts
+    # the workers that inherit them.
     os.environ.setdefault(TEST_TOKEN_ENV, TEST_TOKEN)
+    session_aws_env()
     for attempt in range(3):
         if ray.is_initialized():
             break
@@ -105,26 +133,49 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """A real S3 protocol endpoint for the session: moto's threaded server on 127.0.0.1, a free port."""
-    from moto.server import ThreadedMotoServer
+class MotoEndpoint:
+    """moto's threaded S3 server on the session's port; `stop()` / `start()` take it away and bring it
+    back on the same port (its buckets live in this process, so they survive)."""
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    def __init__(self, port: int):
+        self.port, self.server = port, None
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.stop()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """The session's real S3 protocol endpoint (moto) at the address in the session's AWS_* settings."""
+    session_aws_env()
+    endpoint = MotoEndpoint(int(os.environ["TREASURE_TEST_S3_PORT"]))
+    endpoint.start()
+    yield endpoint
+    endpoint.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_endpoint):
+    """The session's S3 endpoint URL (moto's threaded server on 127.0.0.1)."""
+    return s3_endpoint.url
 
 
 @pytest.fixture
 def s3_bucket(s3_server, monkeypatch):
-    """A fresh bucket on the moto server, with AWS_* pointing at it for this test; yields 's3://<bucket>'."""
+    """A fresh bucket on the moto server, with the session's AWS_* in the environment; yields 's3://<bucket>'."""
     import boto3
 
-    # Placeholder credentials: moto accepts any; real ones never appear in code.
-    for key, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in session_aws_env().items():
         monkeypatch.setenv(key, value)
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)

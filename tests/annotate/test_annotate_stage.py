@@ -85,6 +85,27 @@ def test_annotate_s3_round_trip(tmp_path, ray_local, annotate_mlflow, s3_bucket)
     assert sorted(read_parts(cfg.output, "data")["id"]) == sorted(r["id"] for r in rows)
 
 
+def test_annotate_s3_credentials_stay_in_the_workers_environment(tmp_path, ray_local, annotate_mlflow, s3_bucket):
+    """Temporary credentials (secret key + session token) reach the read tasks through the workers' own
+    environment: not in the Data plan's task arguments, the dashboard, Ray's logs or MLflow."""
+    from ray import cloudpickle
+    from secret_places import AWS_SECRET_CANARY, AWS_SESSION_CANARY, dashboard_views, leaks, mlflow_run_texts, ray_logs
+
+    from treasure.annotate.stage import build_dataset, plan_shards
+
+    rows = make_rows(6, bad=False)
+    src = write_normalized(f"{s3_bucket}/normalized", rows)
+    cfg = AnnotateConfig.model_validate(base_config(src, f"{s3_bucket}/annotated", quality={"enabled": False}))
+    summary = run(cfg)
+    assert storage.read_manifest(cfg.output)["rows"] == 6
+    # The plan's functions with their arguments and constructor arguments: what Ray ships with each task.
+    plan = cloudpickle.dumps(build_dataset(cfg, plan_shards(src, storage.read_manifest(src), cfg.shard_rows, 0)))
+    places = [{"annotate plan (task arguments)": plan.decode("latin-1")}, dashboard_views(ray_local),
+              ray_logs(ray_local), mlflow_run_texts([summary["mlflow_run_id"]])]
+    for secret in (AWS_SECRET_CANARY, AWS_SESSION_CANARY):
+        assert leaks(secret, *places) == []
+
+
 @pytest.mark.slow  # a Ray Data run with a tagger actor (model load)
 def test_annotate_off_list_tagger_answers_become_unspecified(tmp_path, ray_local, annotate_mlflow, tiny_checkpoint):
     """A random-weight tiny Llama answers gibberish: it must end as 'no task marker' with the raw answer kept."""

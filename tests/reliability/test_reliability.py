@@ -4,7 +4,6 @@ not hung). Training and tuning faults live in tests/train and tests/tune; run.py
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
 
@@ -50,40 +49,16 @@ def test_annotate_driver_killed_then_rerun(tmp_path, ray_local, annotate_mlflow,
 
 @pytest.mark.slow
 @pytest.mark.reliability
-def test_s3_endpoint_gone_mid_write(tmp_path, ray_local, annotate_mlflow, check_record, monkeypatch):
-    import boto3
-    from moto.server import ThreadedMotoServer
-
+def test_s3_endpoint_gone_mid_write(tmp_path, ray_local, annotate_mlflow, check_record, s3_endpoint, s3_bucket):
+    """The session's S3 endpoint (whose address the workers have in their environment) is stopped
+    mid-write and brought back on the same port; moto's buckets live in this process and survive."""
     from treasure.annotate.config import AnnotateConfig
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    holder = {"server": server}
-
-    def stop():
-        holder["server"].stop()
-
-    def start():  # same port; moto's state lives in this process, so the bucket is still there
-        if holder["server"] is not None:
-            try:
-                holder["server"].stop()
-            except Exception:
-                pass
-        holder["server"] = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        holder["server"].start()
-
-    # Placeholder credentials: moto accepts any.
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    bucket = f"rel-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     try:
-        ids = annotate_input(f"s3://{bucket}/normalized", 40, rows_per_file=10)
+        ids = annotate_input(f"{s3_bucket}/normalized", 40, rows_per_file=10)
         cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
-            f"s3://{bucket}/normalized", f"s3://{bucket}/annotated", shard_rows=4, quality={"enabled": False}))
-        check_record(scenarios.s3_endpoint_gone(cfg, ids, stop, start))
+            f"{s3_bucket}/normalized", f"{s3_bucket}/annotated", shard_rows=4, quality={"enabled": False}))
+        check_record(scenarios.s3_endpoint_gone(cfg, ids, s3_endpoint.stop, s3_endpoint.start))
     finally:
-        holder["server"].stop()
+        if s3_endpoint.server is None:
+            s3_endpoint.start()  # the rest of the session still needs it

@@ -35,6 +35,65 @@ def test_corrupt_newest_falls_back_to_previous(bpe_checkpoint, tmp_path):
     assert info.meta["step"] == 6 and info.source.endswith("checkpoint_step_000006")
 
 
+def _run_checkpoint(src, dst, step, config, data="data-1"):
+    """An intermediate checkpoint as the train loop writes it: treasure.json holds the run's config."""
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "treasure.json").read_text())
+    (dst / "treasure.json").write_text(json.dumps({**meta, "step": step, "config": config, "data_manifest_id": data}))
+
+
+def _published_run(src, out, config, data="data-1"):
+    shutil.copytree(src, out)
+    storage.commit_manifest(str(out), [str(p) for p in sorted(out.iterdir())],
+                            {"config": config, "data_manifest_id": data, "step": 9})
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # the published copy is torn
+
+
+def test_fallback_only_to_the_published_runs_own_checkpoints(bpe_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    _published_run(bpe_checkpoint, out, {"lr": 1e-4, "model_name": "m"})
+    # a newer step of an older run (another config) that left its checkpoints in the same output
+    _run_checkpoint(bpe_checkpoint, out / "_ray" / "m-old" / "checkpoint_step_000008", 8, {"lr": 5e-4, "model_name": "m"})
+    # the same config but other data is another run too
+    _run_checkpoint(bpe_checkpoint, out / "_ray" / "m-data" / "checkpoint_step_000007", 7, {"lr": 1e-4, "model_name": "m"},
+                    data="data-2")
+    # this run's own checkpoint (the loop records `force` too; it does not change what is trained)
+    _run_checkpoint(bpe_checkpoint, out / "_ray" / "m-new" / "checkpoint_step_000004", 4,
+                    {"lr": 1e-4, "model_name": "m", "force": True})
+    with pytest.warns(CheckpointWarning, match="checksum"):
+        info = read_checkpoint(str(out))
+    assert info.source.endswith("m-new/checkpoint_step_000004") and info.meta["step"] == 4
+
+
+def test_no_fallback_to_another_run(bpe_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    _published_run(bpe_checkpoint, out, {"lr": 1e-4, "model_name": "m"})
+    _run_checkpoint(bpe_checkpoint, out / "_ray" / "m-old" / "checkpoint_step_000008", 8, {"lr": 5e-4, "model_name": "m"})
+    with pytest.raises(FileNotFoundError, match="no valid checkpoint") as e:
+        read_checkpoint(str(out))
+    assert "m-old" not in str(e.value)  # never even considered
+
+
+def test_unpublished_output_with_two_runs_is_ambiguous(bpe_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    _run_checkpoint(bpe_checkpoint, out / "_ray" / "m-a" / "checkpoint_step_000004", 4, {"lr": 1e-4})
+    _run_checkpoint(bpe_checkpoint, out / "_ray" / "m-b" / "checkpoint_step_000006", 6, {"lr": 5e-4})
+    with pytest.raises(FileNotFoundError, match="2 training runs"):
+        read_checkpoint(str(out))
+    info = read_checkpoint(str(out / "_ray" / "m-a"))  # naming one run's folder chooses it
+    assert info.meta["step"] == 4 and info.source.endswith("m-a/checkpoint_step_000004")
+
+
+def test_torn_checkpoint_manifest_is_a_reason_not_a_crash(bpe_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    _publish(bpe_checkpoint, out, step=9)
+    manifest = out / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:40])
+    with pytest.raises(FileNotFoundError, match="manifest.json is unreadable"):
+        read_checkpoint(str(out))
+
+
 def test_missing_files_and_nothing_valid(tmp_path, bpe_checkpoint):
     bad = tmp_path / "bad"
     shutil.copytree(bpe_checkpoint, bad)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
-import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -20,34 +18,18 @@ def _generates(folder) -> bool:
     return out.shape[1] > ids["input_ids"].shape[1]
 
 
-@pytest.fixture
-def moto_s3(monkeypatch):
-    """A real S3-protocol server (moto) on 127.0.0.1 with one bucket."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ckpt")
-    yield "s3://ckpt"
-    server.stop()
-
-
-def test_marked_model_to_s3_loads_with_transformers(ray_local, tiny_train_config, mlflow_env, moto_s3, tmp_path, monkeypatch):
+def test_marked_model_to_s3_loads_with_transformers(ray_local, tiny_train_config, mlflow_env, s3_bucket, tmp_path, monkeypatch):
+    """Also: temporary credentials (a session token) reach the workers through their own environment
+    only; neither the secret key nor the token is in the pickled trainer, the dashboard, Ray's logs or MLflow."""
     import mlflow
+    from ray import cloudpickle
+    from secret_places import AWS_SECRET_CANARY, AWS_SESSION_CANARY, dashboard_views, leaks, mlflow_run_texts, ray_logs
 
     from treasure.models.checkpoint import read_checkpoint
     from treasure.train.stage import run
 
     monkeypatch.setenv("TREASURE_CHECKPOINT_CACHE", str(tmp_path / "cache"))
-    cfg = tiny_train_config(markers=True, output=f"{moto_s3}/marked")
+    cfg = tiny_train_config(markers=True, output=f"{s3_bucket}/marked")
     summary = run(cfg)
     assert summary["metrics"]["steps"] == cfg.max_steps and math.isfinite(summary["metrics"]["final_loss"])
     info = read_checkpoint(cfg.output)  # downloads from s3 to the local cache, validates
@@ -63,8 +45,16 @@ def test_marked_model_to_s3_loads_with_transformers(ray_local, tiny_train_config
     artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "checkpoint")}
     assert {"checkpoint/model.safetensors", "checkpoint/taxonomy.yaml", "checkpoint/treasure.json"} <= artifacts
     # Idempotent: the same config returns the committed summary without training again.
-    again = run(tiny_train_config(markers=True, output=f"{moto_s3}/marked"))
+    again = run(tiny_train_config(markers=True, output=f"{s3_bucket}/marked"))
     assert again["mlflow_run_id"] == summary["mlflow_run_id"]
+    from treasure.train.stage import _trainer
+
+    trainer = _trainer(cfg, None, {}, "probe")  # what Ray pickles to the workers: the run config's filesystem
+    blob = cloudpickle.dumps(trainer.run_config.storage_filesystem)
+    places = [dashboard_views(ray_local), ray_logs(ray_local), mlflow_run_texts([summary["mlflow_run_id"]]),
+              {"pickled trainer filesystem": blob.decode("latin-1")}]
+    for secret in (AWS_SECRET_CANARY, AWS_SESSION_CANARY):
+        assert leaks(secret, *places) == []
 
 
 def test_baseline_on_two_workers_reads_two_shards(ray_local, tiny_train_config, mlflow_env, tmp_path, annotated_dir):

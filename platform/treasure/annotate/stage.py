@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 
 import pandas as pd
@@ -31,7 +30,6 @@ from treasure.annotate.workers import is_missing
 from treasure.taxonomy import load_taxonomy
 
 log = logging.getLogger("treasure.annotate")
-S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN")
 ERROR_COLUMNS = ["id", "stage", "reason", "raw"]
 
 
@@ -129,10 +127,11 @@ def build_dataset(cfg: AnnotateConfig, specs: list[dict]):
     from treasure.annotate.workers import Finisher, Tagger, read_shard_batch
 
     config = cfg.model_dump(mode="json")
-    env = {k: os.environ[k] for k in S3_ENV if k in os.environ}
+    # No credentials in task arguments: workers read S3 settings from their own environment or the
+    # cloud's credential chain (issue 16 #5), as the driver does.
     ds = ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
     ds = ds.map_batches(read_shard_batch, batch_size=1, batch_format="pandas", num_cpus=cfg.rule_num_cpus,
-                        resources=cfg.rule_resources or None, fn_kwargs={"config": config, "env": env})
+                        resources=cfg.rule_resources or None, fn_kwargs={"config": config})
     if cfg.tagger.enabled and any(s["tag_budget"] for s in specs) and cfg.tagger.engine == "vllm":
         from treasure.annotate.llm_processor import tag_with_processor
 

@@ -7,7 +7,6 @@ Each wraps the pure annotators; rows travel as pandas batches with private colum
 from __future__ import annotations
 
 import json
-import os
 import time
 from functools import lru_cache
 
@@ -62,9 +61,8 @@ def cached_taxonomy(ref: str):
     return load_taxonomy(ref)
 
 
-def read_and_annotate(spec: dict, *, config: dict, env: dict) -> pd.DataFrame:
+def read_and_annotate(spec: dict, *, config: dict) -> pd.DataFrame:
     """Ray task body for one shard spec: read its rows, run the cheap annotators."""
-    os.environ.update(env)  # S3 endpoint/credentials for workers started before the driver set them
     cfg = AnnotateConfig.model_validate(config)
     taxonomy = cached_taxonomy(cfg.taxonomy)
     rows = read_rows(spec["file"], spec["start"], spec["stop"])
@@ -79,8 +77,8 @@ def read_and_annotate(spec: dict, *, config: dict, env: dict) -> pd.DataFrame:
     return df
 
 
-def read_shard_batch(batch: pd.DataFrame, *, config: dict, env: dict) -> pd.DataFrame:
-    frames = [read_and_annotate(spec, config=config, env=env) for spec in batch.to_dict("records")]
+def read_shard_batch(batch: pd.DataFrame, *, config: dict) -> pd.DataFrame:
+    frames = [read_and_annotate(spec, config=config) for spec in batch.to_dict("records")]
     return pd.concat(frames, ignore_index=True)
 
 

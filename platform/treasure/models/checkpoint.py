@@ -4,7 +4,8 @@ The train stage writes this layout (treasure.train.resume); evaluate, serve and 
 
 ``read_checkpoint(uri)`` accepts the train stage's ``output`` (local or s3://) or any checkpoint
 folder in the layout of docs/data-formats.md. Candidates, newest first: the published checkpoint
-at ``uri`` itself, then Ray's intermediate checkpoints ``uri/_ray/<run>/checkpoint_step_N``.
+at ``uri`` itself, then Ray's intermediate checkpoints ``uri/_ray/<run>/checkpoint_step_N`` of the
+same training run only (same config and data as the published manifest; with no manifest, one run).
 s3:// candidates are downloaded to a local cache (``TREASURE_CHECKPOINT_CACHE``, default
 ``runs/checkpoint_cache``), once per published version (URI + every file's size and modification
 time): into a fresh temporary folder, renamed into place when complete, never rewritten in place,
@@ -74,16 +75,65 @@ def _cache_root() -> Path:
     return Path(os.environ.get("TREASURE_CHECKPOINT_CACHE", "runs/checkpoint_cache"))
 
 
-def _candidates(uri: str) -> list[str]:
-    """Checkpoint folder URIs under `uri`, newest first (published one, then Ray's by step)."""
-    found = [uri]
+def _step_checkpoints(uri: str) -> list[tuple[int, str, str]]:
+    """Ray's intermediate checkpoints under `uri` as (step, run folder, URI), newest step first.
+
+    `uri` may be a train output (steps under ``_ray/<run>/``) or one run's folder itself.
+    """
     steps = []
-    for f in storage.list_files(storage.join(uri, RAY_DIR)):
-        parent = f.rsplit("/", 1)[0]
-        m = STEP_DIR.search(parent)
-        if m and f.endswith("/" + META):
-            steps.append((int(m.group(1)), parent))
-    return found + [p for _, p in sorted(steps, reverse=True)]
+    for f in storage.list_files(uri):
+        if not f.endswith("/" + META):
+            continue
+        folder = f.rsplit("/", 1)[0]
+        m = STEP_DIR.search(folder)
+        if m:
+            steps.append((int(m.group(1)), folder.rsplit("/", 1)[0], folder))
+    return sorted(steps, reverse=True)
+
+
+def _run_identity(config: dict, data_manifest_id) -> tuple[str, object]:
+    """What makes two checkpoints the same training run: the train config (`force` aside) and the data."""
+    return json.dumps({k: v for k, v in (config or {}).items() if k != "force"}, sort_keys=True), data_manifest_id
+
+
+def _published_identity(uri: str) -> tuple[str, object] | None:
+    """The training run the committed output at `uri` came from (its manifest), or None if unknown."""
+    try:
+        manifest = storage.read_manifest(uri)
+    except ValueError:  # a torn manifest names no run
+        return None
+    if not manifest or "config" not in manifest:
+        return None
+    return _run_identity(manifest["config"], manifest.get("data_manifest_id"))
+
+
+def _fallbacks(uri: str) -> list[str]:
+    """The intermediate checkpoints that may stand in for a corrupt published one, newest first.
+
+    Only checkpoints of the run the published output came from: a folder retrained with another
+    config or data keeps the old run's checkpoints under ``_ray/``, and loading one of those would
+    serve a different model under the same name. With no published run to compare to, checkpoints
+    of more than one run are ambiguous: an error names them, so the caller picks one.
+    """
+    steps = _step_checkpoints(uri)
+    identity = _published_identity(uri)
+    if identity is None:
+        runs = sorted({run for _, run, _ in steps})
+        if len(runs) > 1:
+            raise FileNotFoundError(
+                f"{uri}: no intact published checkpoint, and intermediate checkpoints of {len(runs)} training runs "
+                f"({', '.join(runs)}); pass one run's folder to choose which")
+        return [c for _, _, c in steps]
+    chosen = []
+    for _, _, candidate in steps:
+        try:
+            meta = json.loads(storage.read_bytes(storage.join(candidate, META)))
+        except (OSError, ValueError):
+            chosen.append(candidate)  # unreadable: validation rejects it with the reason
+            continue
+        if _run_identity(meta.get("config"), meta.get("data_manifest_id")) == identity:
+            chosen.append(candidate)
+    return chosen
 
 
 def safe_relpath(rel: str, uri: str) -> PurePosixPath:
@@ -144,7 +194,11 @@ def validate(folder: Path) -> list[str]:
     problems = []
     manifest = folder / MANIFEST
     if manifest.is_file():
-        for entry in json.loads(manifest.read_text())["files"]:
+        try:
+            entries = json.loads(manifest.read_text())["files"]
+        except (ValueError, KeyError, TypeError) as e:  # torn or hand-edited: the checksums cannot be trusted
+            return [f"{MANIFEST} is unreadable ({type(e).__name__})"]
+        for entry in entries:
             f = folder / entry["path"]
             if not f.is_file():
                 problems.append(f"{entry['path']} listed in manifest but missing")
@@ -167,30 +221,49 @@ def validate(folder: Path) -> list[str]:
 
 
 def read_checkpoint(uri: str) -> CheckpointInfo:
-    """The newest valid checkpoint at `uri`; warns (CheckpointWarning) for each corrupt newer one."""
+    """The newest valid checkpoint at `uri`; warns (CheckpointWarning) for each corrupt newer one.
+
+    The published checkpoint comes first; only when it is unusable are its own run's intermediate
+    checkpoints tried (`_fallbacks`), newest step first.
+    """
+    uri = str(uri)
+    rejected: list[str] = []
+    found = _try_candidate(uri, rejected)
+    if found is None:
+        try:
+            fallbacks = _fallbacks(uri)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}:\n  " + "\n  ".join(rejected)) from None
+        for candidate in fallbacks:
+            found = _try_candidate(candidate, rejected)
+            if found is not None:
+                break
+    if found is None:
+        raise FileNotFoundError(f"no valid checkpoint at {uri}:\n  " + "\n  ".join(rejected or ["nothing found"]))
+    for reason in rejected:
+        warnings.warn(f"skipping corrupt checkpoint {reason}; using {found.source}", CheckpointWarning, stacklevel=2)
+    return found
+
+
+def _try_candidate(candidate: str, rejected: list[str]) -> CheckpointInfo | None:
+    """`candidate` read and validated, or None with the reason appended to `rejected`."""
     from treasure.taxonomy import load_taxonomy
 
-    uri = str(uri)
-    rejected = []
-    for candidate in _candidates(uri):
-        try:
-            local = _localize(candidate)
-        except ValueError as e:  # a hostile or broken listing: this candidate is unusable
-            rejected.append(f"{candidate}: {e}")
-            continue
-        problems = validate(local)
-        if not problems:
-            meta = json.loads((local / META).read_text())
-            taxonomy = load_taxonomy(local / TAXONOMY)
-            if taxonomy.version != meta.get("taxonomy_version"):
-                problems = [f"{TAXONOMY} hashes to {taxonomy.version}, {META} says {meta.get('taxonomy_version')}"]
-        if problems:
-            rejected.append(f"{candidate}: {'; '.join(problems)}")
-            continue
-        for reason in rejected:
-            warnings.warn(f"skipping corrupt checkpoint {reason}; using {candidate}", CheckpointWarning, stacklevel=2)
-        return CheckpointInfo(local_dir=local, taxonomy=taxonomy, meta=meta, source=candidate)
-    raise FileNotFoundError(f"no valid checkpoint at {uri}:\n  " + "\n  ".join(rejected or ["nothing found"]))
+    try:
+        local = _localize(candidate)
+    except ValueError as e:  # a hostile or broken listing: this candidate is unusable
+        rejected.append(f"{candidate}: {e}")
+        return None
+    problems = validate(local)
+    if not problems:
+        meta = json.loads((local / META).read_text())
+        taxonomy = load_taxonomy(local / TAXONOMY)
+        if taxonomy.version != meta.get("taxonomy_version"):
+            problems = [f"{TAXONOMY} hashes to {taxonomy.version}, {META} says {meta.get('taxonomy_version')}"]
+    if problems:
+        rejected.append(f"{candidate}: {'; '.join(problems)}")
+        return None
+    return CheckpointInfo(local_dir=local, taxonomy=taxonomy, meta=meta, source=candidate)
 
 
 def find_checkpoint_root(folder: Path) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -94,30 +93,16 @@ def _check_resources(config: TrainConfig) -> None:
                         "lower train.num_workers / cpus_per_worker, or start nodes with train.worker_resources")
 
 
-def _ray_storage(uri: str):
-    """(filesystem, path) for Ray Train's storage. For s3:// the credentials are resolved here, in the
-    driver, because Ray's workers were started without this process's AWS environment."""
-    import pyarrow.fs as pafs
-
-    fs, path = storage.filesystem(uri)
-    if not storage.is_s3(uri) or not os.environ.get("AWS_ACCESS_KEY_ID"):
-        return fs, path
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-              "access_key": os.environ["AWS_ACCESS_KEY_ID"], "secret_key": os.environ["AWS_SECRET_ACCESS_KEY"]}
-    if endpoint:
-        kwargs.update(endpoint_override=endpoint, scheme="https" if endpoint.startswith("https") else "http",
-                      force_virtual_addressing=False)
-    return pafs.S3FileSystem(**kwargs), path
-
-
 def _trainer(config: TrainConfig, ds, loop_config: dict, run_name: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from treasure.train.loop import train_loop_per_worker
 
-    fs, path = _ray_storage(storage.join(config.output, RAY_DIR))
+    # A filesystem with no keys in it: each process (driver, workers) resolves credentials from its own
+    # environment or the cloud's chain when Ray unpickles it, so session tokens work and no secret
+    # travels in the pickled run config (issue 16 #5).
+    fs, path = storage.filesystem(storage.join(config.output, RAY_DIR))
     resources = config.resources_per_worker
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,

@@ -9,6 +9,18 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
+# The browser test (tests/serving/test_serving_playground.py) drives Debian's Chromium headless through
+# its WebDriver (chromium-driver): packages from apt, never a browser build downloaded at test time.
+# Checked on every run (cheap), apart from the venv stamp below.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver
+  else
+    echo "setup: chromium and chromium-driver are missing and this is not root with apt-get: install them" \
+         "(Debian: apt-get install chromium chromium-driver) or the playground browser test fails" >&2
+  fi
+fi
 stamp="$VENV/.installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

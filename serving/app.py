@@ -7,7 +7,8 @@ Deploy on a running cluster with autoscaling: `serve deploy serving/serve_config
 reads the `serve:` section of a YAML file, with `key=value` arguments on top.)
 
 Routes: POST /v1/generate, POST /v1/completions and /v1/chat/completions (OpenAI-compatible,
-`markers` as an extra body field, SSE streaming), GET /v1/models, GET /v1/taxonomy, GET /healthz.
+`markers` as an extra body field, SSE streaming), GET /v1/models, GET /v1/taxonomy, GET /healthz, and
+the marker playground page at GET /playground/ (`/` redirects there; `playground: false` turns it off).
 With `engine: vllm` every request goes straight to vLLM's async engine (continuous batching, token
 streams; a stream the client leaves is aborted in the engine). With `engine: transformers` (the
 fallback without vLLM) non-streamed requests are batched with @serve.batch over the engine's
@@ -27,14 +28,14 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from starlette.concurrency import iterate_in_threadpool
 
 from treasure.config import load_config
 from treasure.json_input import JSONInputError, parse_json
-from treasure.serving import sse
+from treasure.serving import playground, sse
 from treasure.serving.api_models import MAX_JSON_DEPTH, ChatCompletionRequest, CompletionRequest, GenerateRequest
 from treasure.serving.auth import AuthError, check_bearer, check_exposure, token_from_env
 from treasure.serving.batching import ConcurrencyTracker
@@ -234,6 +235,23 @@ def make_deployment(config: ServeConfig):
                 return _error(503, f"engine unhealthy (incident {_incident('health', e)})", "engine_unhealthy")
             return {"status": "ok", "model": self.core.model_name, "taxonomy_version": self.core.taxonomy.version,
                     **self.core.stats()}
+
+        # --- the playground page (static, no secrets: no auth; its API calls carry the typed token) --
+        @api.get("/", include_in_schema=False)
+        @api.get("/playground", include_in_schema=False)
+        async def to_playground(self, request: Request):
+            if not self.config.playground:
+                return _error(404, "not found", "not_found")
+            # root_path: the application's route prefix, so the redirect stays inside this application.
+            return RedirectResponse(f"{request.scope.get('root_path', '')}/playground/", status_code=307)
+
+        @api.get("/playground/", include_in_schema=False)
+        @api.get("/playground/{name}", include_in_schema=False)
+        async def playground_page(self, name: str = "index.html"):
+            if not self.config.playground or name not in playground.ASSETS:
+                return _error(404, "not found", "not_found")
+            body, media = playground.asset(name)
+            return Response(body, media_type=media, headers=playground.HEADERS)
 
         async def check_health(self):
             """Serve's replica health check: raising makes Serve replace this replica."""

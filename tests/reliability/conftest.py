@@ -42,7 +42,7 @@ serve_app = serving_fixtures.serve_app
 
 @pytest.fixture
 def check_record():
-    """Assert a scenario record (lost == 0, not hung) after writing it where run.py collects it."""
+    """Assert a scenario record (lost == 0, not hung, no failed expectation) after writing it where run.py collects it."""
 
     def check(rec: dict) -> dict:
         target = os.environ.get("TREASURE_RELIABILITY_RECORDS")
@@ -52,6 +52,7 @@ def check_record():
         print(json.dumps(rec))
         assert not rec["hung"], rec
         assert rec["lost"] == 0, rec
+        assert not rec["failed"], rec
         return rec
 
     return check

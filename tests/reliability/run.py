@@ -45,9 +45,11 @@ def table(records: list[dict]) -> str:
     def cell(v) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| scenario | injected | expected | happened | lost | hung | s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | injected | expected | happened | lost | hung | failed | s |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append("| " + " | ".join(cell(r[k]) for k in ("scenario", "injected", "expected", "happened", "lost", "hung", "seconds")) + " |")
+        failed = "; ".join(r.get("failed") or []) or "none"  # records of older runs have no `failed`
+        lines.append("| " + " | ".join(cell(v) for v in (r["scenario"], r["injected"], r["expected"], r["happened"],
+                                                         r["lost"], r["hung"], failed, r["seconds"])) + " |")
     return "\n".join(lines)
 
 
@@ -92,8 +94,9 @@ def main() -> int:
     code = max(c for c in codes if c != 5) if any(c != 5 for c in codes) else 0  # 5: nothing selected
     records = [json.loads(line) for line in records_file.read_text().splitlines()] if records_file.exists() else []
     print("\n" + table(records))
-    bad = [r["scenario"] for r in records if r["lost"] or r["hung"]]
-    print(f"\n{len(records)} scenarios, {len(bad)} with lost rows/requests or a hang {bad}; pytest exit {code}; "
+    bad = [r["scenario"] for r in records if r["lost"] or r["hung"] or r.get("failed")]
+    print(f"\n{len(records)} scenarios, {len(bad)} with lost rows/requests, a hang or a failed expectation {bad}; "
+          f"pytest exit {code}; "
           f"{time.monotonic() - t0:.0f} s")
     if not args.no_write:
         kind = "fast subset" if args.fast else "full run" if not args.k else f"scenarios matching -k {args.k!r}"

@@ -39,9 +39,12 @@ annotate_fixtures = load_module("reliability_annotate_corpus", REPO / "tests" / 
 serving_fixtures = load_module("reliability_serving_fixtures", REPO / "tests" / "serving" / "conftest.py")
 
 
-def record(scenario: str, injected: str, expected: str, happened: str, lost: int, hung: bool, t0: float) -> dict:
+def record(scenario: str, injected: str, expected: str, happened: str, lost: int, hung: bool, t0: float,
+           failed: list[str] | None = None) -> dict:
+    """A scenario's outcome. `failed` lists the expectations that did not hold beyond `lost` and `hung`
+    (the fault was not injected, a rerun redid finished work, a replica was not replaced, ...)."""
     return {"scenario": scenario, "injected": injected, "expected": expected, "happened": happened,
-            "lost": int(lost), "hung": bool(hung), "seconds": round(time.monotonic() - t0, 1)}
+            "lost": int(lost), "hung": bool(hung), "failed": list(failed or []), "seconds": round(time.monotonic() - t0, 1)}
 
 
 def wait_for(predicate, timeout: float, every: float = 0.2, alive=None) -> bool:
@@ -94,12 +97,20 @@ def annotated_ids(uri: str) -> tuple[list[str], list[str]]:
 
 
 def exactly_once(input_ids: list[str], uri: str) -> tuple[int, int, str]:
-    """(lost, duplicated, summary) of an annotate output against its input ids."""
+    """(lost, duplicated, summary) of an annotate output against its input ids.
+
+    Lost counts rows in no output, and rows in the wrong one: a good row that ends in the errors table
+    (a fault must not turn good rows into "recorded errors") or a deliberately bad row (ids `bad:*`,
+    from annotate_corpus.make_rows) that ends as data.
+    """
     data, errors = annotated_ids(uri)
     out = data + errors
-    lost = len(set(input_ids) - set(out))
+    missing = len(set(input_ids) - set(out))
+    misplaced = sum(not i.startswith("bad:") for i in set(errors)) + sum(i.startswith("bad:") for i in set(data))
     dup = len(out) - len(set(out))
-    return lost, dup, f"{len(data)} rows + {len(errors)} error rows for {len(input_ids)} inputs, {dup} duplicated"
+    bad = sum(i.startswith("bad:") for i in input_ids)
+    return missing + misplaced, dup, (f"{len(data)} rows + {len(errors)} error rows for {len(input_ids)} inputs "
+                                      f"({bad} deliberately bad), {misplaced} in the wrong table, {dup} duplicated")
 
 
 def done_shards(output: str) -> int:
@@ -140,7 +151,7 @@ def annotate_tagger_killed(ray, cfg, input_ids: list[str]) -> dict:
     lost, dup, summary = exactly_once(input_ids, cfg.output)
     tagged = result["metrics"].get("tagger_answers", "?")
     return record("annotate: tagger actor killed", injected, expected, f"{summary}; tagger answers {tagged}",
-                  lost + dup if killed else len(input_ids), hung, t0)
+                  lost + dup, hung, t0, failed=[] if killed else ["the fault was not injected"])
 
 
 def annotate_driver_killed(ray, cfg, input_ids: list[str], env: dict) -> dict:
@@ -173,8 +184,67 @@ def annotate_driver_killed(ray, cfg, input_ids: list[str], env: dict) -> dict:
     lost, dup, text = exactly_once(input_ids, cfg.output)
     m = summary["metrics"]
     happened = (f"committed after kill: {committed_after_kill}; rerun skipped {m['shards_skipped']}/{m['shards']} shards; {text}")
-    bad = lost + dup + (len(input_ids) if committed_after_kill else 0)
-    return record("annotate: driver killed, rerun", injected, expected, happened, bad, False, t0)
+    failed = []
+    if committed_after_kill:
+        failed.append("an output was committed by the killed run")
+    if m["shards_skipped"] != before:  # every shard finished before the kill, and only those, is reused
+        failed.append(f"the rerun skipped {m['shards_skipped']} shards, {before} were finished")
+    if before >= m["shards"]:
+        failed.append("every shard was finished before the kill: nothing was left to resume")
+    return record("annotate: driver killed, rerun", injected, expected, happened, lost + dup, False, t0, failed)
+
+
+# --- annotate: commit markers torn by a crash mid-write ---------------------------------------------
+
+def _tear(path: str) -> None:
+    """Leave the first half of a local file, as a writer killed mid-write (without atomic rename) would."""
+    with open(path, "rb") as f:
+        whole = f.read()
+    with open(path, "wb") as f:  # deliberately not treasure.storage: this is the torn write being simulated
+        f.write(whole[: len(whole) // 2])
+
+
+def annotate_torn_markers(cfg, input_ids: list[str]) -> dict:
+    """Crash a run after 3 shards and tear one shard's done.json; rerun. Then tear the committed
+    manifest.json; rerun. Each rerun must treat the torn marker as "not done / not committed" (never
+    a crash), redo exactly the torn shard, and publish every row exactly once."""
+    from treasure import storage
+    from treasure.annotate.stage import run
+
+    t0 = time.monotonic()
+    expected = ("a torn done.json redoes only its shard; a torn manifest reads as uncommitted and is republished; "
+                "no crash, every row exactly once")
+    failed, notes = [], []
+    try:
+        run(cfg, crash_after_shards=3)
+        failed.append("the first run did not crash after 3 shards")
+    except RuntimeError as e:
+        if "simulated crash" not in str(e):
+            raise
+    markers = sorted(f for f in storage.list_files(storage.join(cfg.output, "_staging")) if f.endswith("/done.json"))
+    _tear(markers[-1])
+    summary = run(cfg)
+    m = summary["metrics"]
+    notes.append(f"{len(markers)} shards done at the crash, 1 done.json torn; rerun ran {m['shards_run']}, "
+                 f"skipped {m['shards_skipped']}/{m['shards']}")
+    if m["shards_skipped"] != len(markers) - 1:
+        failed.append(f"the rerun skipped {m['shards_skipped']} shards, {len(markers) - 1} were whole")
+    manifest_path = storage.join(cfg.output, storage.MANIFEST)
+    first_id = storage.read_manifest(cfg.output)["manifest_id"]
+    _tear(manifest_path)
+    if storage.read_manifest(cfg.output) is not None:
+        failed.append("a torn manifest still read as committed")
+    again = run(cfg)
+    recommitted = storage.read_manifest(cfg.output)
+    notes.append(f"torn manifest: rerun ran {again['metrics']['shards_run']} shards and committed "
+                 f"{'the same' if recommitted and recommitted['manifest_id'] == first_id else 'a different'} manifest")
+    if recommitted is None:
+        failed.append("the rerun after a torn manifest committed nothing")
+    if again["metrics"]["shards_run"] != 0:
+        failed.append(f"the rerun after a torn manifest redid {again['metrics']['shards_run']} finished shards")
+    lost, dup, text = exactly_once(input_ids, cfg.output)
+    return record("annotate: torn done.json and manifest, rerun", "half of one done.json (after a crash), then half "
+                  "of the committed manifest.json", expected, f"{'; '.join(notes)}; {text}", lost + dup, False, t0, failed)
 
 
 # --- storage: the S3 endpoint goes away mid-write --------------------------------------------------
@@ -206,9 +276,14 @@ def s3_endpoint_gone(cfg, input_ids: list[str], stop_server, start_server) -> di
     except Exception as e:
         lost, dup, text = len(input_ids), 0, f"rerun failed: {e!r}"[:300]
     happened = f"{first}; manifest visible after the failure: {partial_committed}; rerun: {text}"
+    failed = []
+    if not (box and isinstance(box[0], BaseException)):
+        failed.append("the first run did not fail: the endpoint was not gone while it wrote")
+    if partial_committed:
+        failed.append("the failed run committed a manifest")
     return record("storage: S3 endpoint gone mid-write", injected,
-                  "failed run commits nothing; rerun publishes every row exactly once", happened,
-                  lost + dup + (len(input_ids) if partial_committed else 0), hung, t0)
+                  "the run fails and commits nothing; a rerun publishes every row exactly once", happened,
+                  lost + dup, hung, t0, failed)
 
 
 def _capture(box: list, fn, *args):

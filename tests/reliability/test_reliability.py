@@ -23,6 +23,16 @@ def test_bad_data_every_record_accounted(tmp_path, annotate_mlflow, check_record
     assert "0 errors without reason" in rec["happened"]
 
 
+@pytest.mark.reliability
+def test_annotate_torn_markers_then_rerun(tmp_path, ray_local, annotate_mlflow, check_record):
+    from treasure.annotate.config import AnnotateConfig
+
+    ids = annotate_input(str(tmp_path / "normalized"), 24, rows_per_file=8)
+    cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
+        str(tmp_path / "normalized"), str(tmp_path / "annotated"), shard_rows=4, quality={"enabled": False}))
+    check_record(scenarios.annotate_torn_markers(cfg, ids))
+
+
 @pytest.mark.slow
 @pytest.mark.reliability
 def test_annotate_tagger_actor_killed(tmp_path, ray_local, annotate_mlflow, check_record):

@@ -28,13 +28,19 @@ def test_marker_injection_server_path(tiny_checkpoint, taxonomy, check_record):
 @pytest.fixture(scope="module")
 def guarded(serve_app):
     return serve_app(auth_token_env=TOKEN_ENV, api_docs=True, max_tokens_limit=16, default_max_tokens=4, max_prompt_tokens=2048,
-                     max_ongoing_requests=2, max_queued_requests=2, max_batch_size=2)
+                     max_ongoing_requests=2, max_queued_requests=2, max_batch_size=2, log_requests=True)
 
 
-@pytest.mark.slow
 @pytest.mark.reliability
-def test_marker_injection_http(guarded, taxonomy, check_record):
-    check_record(ss.injection_http(guarded, AUTH, taxonomy, n=300))
+def test_marker_and_special_token_injection_http(ray_local, guarded, taxonomy, tiny_checkpoint, check_record):
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    rec = check_record(ss.injection_http(guarded, AUTH, taxonomy, tokenizer, logs, n=200))
+    assert " 0 unsafe" in rec["happened"], rec
 
 
 @pytest.mark.slow

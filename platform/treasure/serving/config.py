@@ -52,6 +52,11 @@ class ServeConfig(StrictModel):
                                         "loopback (by default such a replica refuses to start without auth_token_env).")
     api_docs: bool = Field(False, description="Serve /docs and /openapi.json (off by default: the schema maps the surface for "
                            "anyone who can reach the port; schema fuzzing and client generation turn it on).")
+    playground: bool = Field(True, description="Serve the marker playground page at /playground/ (`/` redirects there): a static "
+                             "page with no secrets, served without auth; the API calls it makes carry the token typed into it.")
+    log_requests: bool = Field(False, description="Log each request's exact model input (its prompt token ids and their "
+                               "decoding, special tokens shown) to the replica's log, as vLLM's --enable-log-requests does: "
+                               "for checking what the model saw. The lines hold user text, so it is off by default.")
     health_probe_tokens: int = Field(1, ge=1, le=16, description="Tokens the health check generates when it must probe a suspect engine.")
 
     @model_validator(mode="after")

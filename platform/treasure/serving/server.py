@@ -8,6 +8,7 @@ shell (`serving/app.py`) only adds routing, batching, streaming transport and he
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ from treasure.serving.prompting import (
     validate_requested,
 )
 from treasure.taxonomy import Taxonomy, load_taxonomy
+
+# Serve writes the "ray.serve" logger to the replica's own log file (logs/serve/replica_*.log).
+log = logging.getLogger("ray.serve")
+MODEL_INPUT_LOG = "treasure model input "  # ServeConfig.log_requests: this prefix, then one JSON object
 
 
 @dataclass
@@ -164,6 +169,8 @@ class ModelServer:
         params, answer_tokens = self._params(req, max_tokens)
         ids = prompt_token_ids(self.engine.tokenizer, *turn)
         check_prompt_tokens(len(ids), self.config.max_prompt_tokens)
+        if self.config.log_requests:
+            log.info(MODEL_INPUT_LOG + json.dumps({"prompt_token_ids": ids, "text": self.engine.tokenizer.decode(ids)}))
         if logprobs is not None and not self.is_async:
             raise LimitError(400, "logprobs needs the vllm engine (this server runs transformers)", param="logprobs")
         if logprobs is not None and getattr(req, "stream", False):
@@ -370,7 +377,8 @@ class ModelServer:
         allowed = allowed_values(self.taxonomy)
         return {
             "name": self.taxonomy.name, "version": self.taxonomy.version, "tag": self.taxonomy.tag,
-            "categories": [{"name": c.name, "kind": c.kind, "description": c.description, "allowed": allowed[c.name]}
+            "categories": [{"name": c.name, "kind": c.kind, "description": c.description, "allowed": allowed[c.name],
+                            "value_descriptions": _value_descriptions(c)}
                            for c in map(self.taxonomy.category, self.taxonomy.block_names)],
             "model": self.model_name, "markers_trained": bool(self.meta.get("markers", False)),
             # The model's own block may use this many tokens on top of a request's max_tokens.
@@ -430,6 +438,21 @@ def resolve_engine(engine: str) -> str:
     if engine != "auto":
         return engine
     return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+
+
+def _value_descriptions(category) -> dict[str, str]:
+    """{value: what it means} for /v1/taxonomy (the playground shows them): an enum's own value
+    descriptions, a bucket's range of its source category; {} for numeric categories."""
+    if category.kind == "bucket":
+        out, low, src = {}, None, category.source
+        for b in category.buckets:
+            if b.below is None:
+                out[b.value] = f"{src} >= {low:g}" if low is not None else f"any {src}"
+            else:
+                out[b.value] = f"{low:g} <= {src} < {b.below:g}" if low is not None else f"{src} < {b.below:g}"
+            low = b.below
+        return out
+    return {v.value: v.description for v in category.values if v.description}
 
 
 def _default_name(checkpoint: str) -> str:

@@ -75,6 +75,43 @@ def run(
         all_tags["mlflow.parentRunId"] = parent_run_id
     # The pipeline's parent run is active in this process when a stage runs: MLflow needs nested=True.
     nested = nested or (parent_run_id is not None and mlflow.active_run() is not None)
+    try:
+        with _started(mlflow, exp_id, run_name, nested, all_tags, config, taxonomy, lineage) as active:
+            yield active
+    except Exception as e:
+        if _unreachable(e):
+            raise TrackingUnavailable(
+                f"the MLflow tracking server at {tracking_uri()} stopped answering during the {run_name!r} run: the "
+                f"stage failed and committed nothing after that point; its finished work (e.g. annotate's shards, "
+                f"training checkpoints) is kept, so rerunning once the server is back resumes it. The run may show "
+                f"as RUNNING in MLflow: the server could not be told it failed.") from e
+        raise
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server could not be reached (after MLflow's own retries) during a stage."""
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether an exception (or one it came from) is MLflow's client giving up on the tracking server.
+
+    Only errors that name the tracking server's own URL count: an S3 or LLM endpoint that fails
+    the same way (urllib3's "Max retries exceeded") is not the tracking server.
+    """
+    uri = tracking_uri().rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return False
+    seen = error
+    while seen is not None:
+        text = str(seen)
+        if f"API request to {uri}" in text and "failed with" in text:  # rest_utils: connection error or timeout
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def _started(mlflow, exp_id, run_name, nested, all_tags, config, taxonomy, lineage):
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested, tags=all_tags) as active:
         params = _params(config)
         for i in range(0, len(params), 90):  # log_params takes at most 100 per call

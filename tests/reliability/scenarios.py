@@ -247,6 +247,147 @@ def annotate_torn_markers(cfg, input_ids: list[str]) -> dict:
                   "of the committed manifest.json", expected, f"{'; '.join(notes)}; {text}", lost + dup, False, t0, failed)
 
 
+# --- tracking: the MLflow server goes away during a stage ------------------------------------------
+
+class MlflowServer:
+    """A real `mlflow server` (sqlite backend, proxied local artifacts) on 127.0.0.1:`port`, in its
+    own process group so that stop() ends it and its workers, like a crashed host would."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port, self.proc = root, port, None
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self, timeout: float = 300) -> None:
+        import urllib.request
+
+        log = open(self.root / "mlflow-server.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+             f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination", (self.root / "artifacts").as_uri(),
+             "--serve-artifacts", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def answers() -> bool:
+            try:
+                return urllib.request.urlopen(f"{self.url}/health", timeout=5).status == 200
+            except OSError:
+                return False
+
+        if not wait_for(answers, timeout, every=0.5, alive=lambda: self.proc.poll() is None):
+            raise RuntimeError(f"mlflow server did not answer in {timeout} s: {(self.root / 'mlflow-server.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        self.proc = None
+
+
+def mlflow_server_down(cfg, input_ids: list[str], server: MlflowServer) -> dict:
+    """SIGKILL the MLflow tracking server after the first annotate shard; the stage must fail with a
+    clear error, commit nothing and leave no run marked FINISHED; with the server back, a rerun reuses
+    the finished shards and publishes every row exactly once under a FINISHED run."""
+    import mlflow
+
+    from treasure import storage
+    from treasure.annotate.stage import run
+
+    t0 = time.monotonic()
+    expected = ("the stage fails naming the tracking server; nothing committed; no MLflow run FINISHED by the failed "
+                "attempt; the rerun skips finished shards and publishes every row exactly once")
+    box: list = []
+    worker = threading.Thread(target=_capture, args=(box, run, cfg), daemon=True)
+    worker.start()
+    reached = wait_for(lambda: done_shards(cfg.output) >= 1, 600, alive=worker.is_alive)
+    killed = reached and worker.is_alive()
+    if killed:
+        server.stop()
+    worker.join(600)
+    hung = worker.is_alive()
+    before = done_shards(cfg.output)
+    failed = []
+    error = box[0] if box and isinstance(box[0], BaseException) else None
+    if not killed:
+        failed.append("the server was not stopped while the stage ran")
+    if error is None:
+        failed.append("the stage did not fail with the tracking server gone")
+    elif "tracking server" not in str(error):
+        failed.append(f"the error does not name the tracking server: {error!r}"[:300])
+    if storage.read_manifest(cfg.output) is not None:
+        failed.append("the failed attempt committed its output")
+    server.start()
+    runs = mlflow.search_runs(experiment_names=[cfg.experiment], output_format="list")
+    finished_by_failed = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
+    if finished_by_failed:
+        failed.append(f"the failed attempt left runs FINISHED: {finished_by_failed}")
+    if hung:
+        return record("tracking: MLflow server down mid-stage", "server SIGKILLed after the first shard", expected,
+                      "the stage did not end within 600 s", len(input_ids), True, t0, failed)
+    summary = run(cfg)
+    m = summary["metrics"]
+    rerun = mlflow.get_run(summary["mlflow_run_id"])
+    if m["shards_skipped"] != before:
+        failed.append(f"the rerun skipped {m['shards_skipped']} shards, {before} were finished")
+    if rerun.info.status != "FINISHED" or rerun.data.metrics.get("input_rows") != len(input_ids):
+        failed.append(f"the rerun's run is {rerun.info.status} with input_rows {rerun.data.metrics.get('input_rows')}")
+    lost, dup, text = exactly_once(input_ids, cfg.output)
+    statuses = sorted(r.info.status for r in runs)
+    happened = (f"failed attempt: {type(error).__name__ if error else 'no error'} after {before} shards, its run(s) "
+                f"{statuses}; rerun skipped {m['shards_skipped']}/{m['shards']} shards, run {rerun.info.status}; {text}")
+    return record("tracking: MLflow server down mid-stage", "`mlflow server` SIGKILLed after the first annotate shard",
+                  expected, happened, lost + dup, False, t0, failed)
+
+
+# --- storage: the disk fills up while shards are written ------------------------------------------
+
+def free_bytes(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def annotate_disk_full(cfg, input_ids: list[str], disk: Path, leave: int) -> dict:
+    """Annotate onto a small filesystem (`disk`, a tmpfs the test mounted) filled up to `leave` free
+    bytes, so a shard write meets ENOSPC mid-run. The run must fail with the OS's "no space" error,
+    commit nothing, leave no temporary file and no torn shard marker; once space is freed a rerun
+    reuses the whole shards and publishes every row exactly once."""
+    from treasure import storage
+    from treasure.annotate.stage import run
+
+    t0 = time.monotonic()
+    expected = ("the run fails with ENOSPC; no manifest, no temporary file, no torn done.json; after space is freed "
+                "the rerun skips the whole shards and publishes every row exactly once")
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free_bytes(disk) - leave))
+    failed = []
+    error = None
+    try:
+        run(cfg)
+    except OSError as e:
+        error = e
+    if error is None or error.errno != 28:  # ENOSPC
+        failed.append(f"the run did not fail with ENOSPC: {error!r}"[:300])
+    markers = [f for f in storage.list_files(storage.join(cfg.output, "_staging")) if f.endswith("/done.json")]
+    torn = [m for m in markers if storage.read_json_or_none(m, "shard marker") is None]
+    temps = [str(p) for p in disk.rglob("*.tmp")]
+    committed = storage.read_manifest(cfg.output) is not None
+    failed += [f"{len(torn)} torn done.json"] * bool(torn) + [f"temporary files left: {temps}"] * bool(temps)
+    failed += ["the failed run committed a manifest"] * committed
+    filler.unlink()
+    summary = run(cfg)
+    m = summary["metrics"]
+    if m["shards_skipped"] != len(markers) - len(torn):
+        failed.append(f"the rerun skipped {m['shards_skipped']} shards, {len(markers) - len(torn)} were whole")
+    if not markers or len(markers) >= m["shards"]:
+        failed.append(f"{len(markers)} of {m['shards']} shards were done when the disk filled: not mid-run")
+    lost, dup, text = exactly_once(input_ids, cfg.output)
+    happened = (f"first run: {error.strerror if isinstance(error, OSError) else error!r} after {len(markers)} whole "
+                f"shards, {len(torn)} torn markers, {len(temps)} temp files, committed: {committed}; rerun skipped "
+                f"{m['shards_skipped']}/{m['shards']} shards; {text}")
+    return record("storage: disk full while writing shards", f"annotate output on a tmpfs with {leave // 1024} KiB "
+                  "free", expected, happened, lost + dup, False, t0, failed)
+
+
 # --- storage: the S3 endpoint goes away mid-write --------------------------------------------------
 
 def s3_endpoint_gone(cfg, input_ids: list[str], stop_server, start_server) -> dict:

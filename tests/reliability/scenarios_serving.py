@@ -297,8 +297,9 @@ def rss_mb(pid: int) -> float:
 
 def hammer(base: str, headers: dict, clients: int, seconds: float, body: dict, timeout: float = 60.0,
            during=None) -> list[tuple]:
-    """`clients` threads post `body` in a loop for `seconds`; returns (status | error, latency) per request.
-    `during()` is called once, a third of the way in (the fault)."""
+    """`clients` threads post `body` in a loop for `seconds`; returns (status | error, latency, start) per
+    request (start: time.monotonic()). `during()` is called once, a third of the way in (the fault).
+    A client whose connection is refused waits 50 ms before it tries again, as a real one would."""
     stop_at = time.monotonic() + seconds
     results: list[tuple] = []
 
@@ -308,11 +309,13 @@ def hammer(base: str, headers: dict, clients: int, seconds: float, body: dict, t
                 t = time.monotonic()
                 try:
                     r = c.post(f"{base}/v1/generate", json=body, headers=headers)
-                    results.append((_classify(r), time.monotonic() - t))
+                    results.append((_classify(r), time.monotonic() - t, t))
                 except httpx.TimeoutException:
-                    results.append(("timeout", time.monotonic() - t))
+                    results.append(("timeout", time.monotonic() - t, t))
                 except (httpx.HTTPError, ValueError) as e:
-                    results.append((type(e).__name__, time.monotonic() - t))
+                    results.append((type(e).__name__, time.monotonic() - t, t))
+                    if isinstance(e, httpx.ConnectError):
+                        time.sleep(0.05)
 
     with cf.ThreadPoolExecutor(clients) as pool:
         futures = [pool.submit(client) for _ in range(clients)]
@@ -369,9 +372,9 @@ def overload(ray, base: str, headers: dict, clients: int, seconds: float, capaci
     sampler.shutdown()
     back = recovers(base, headers, 60)
     codes: dict = {}
-    for status, _ in results:
+    for status, *_ in results:
         codes[status] = codes.get(status, 0) + 1
-    rejected = sorted(dt for s, dt in results if s == 503)
+    rejected = sorted(dt for s, dt, _ in results if s == 503)
     p95 = rejected[int(0.95 * (len(rejected) - 1))] if rejected else None
     lost = sum(n for s, n in codes.items() if s not in (200, 503))
     growth = max(peak) - rss0
@@ -399,7 +402,7 @@ def replica_killed(ray, base: str, clients: int, seconds: float) -> dict:
     results = hammer(base, {}, clients, seconds, {"prompt": "Say something.", "max_tokens": 8}, during=kill)
     back = recovers(base, {}, 120)
     codes: dict = {}
-    for status, _ in results:
+    for status, *_ in results:
         codes[status] = codes.get(status, 0) + 1
     after = wait_replicas(ray, app, len(pids), 120)
     now = replica_pids(ray, app)
@@ -422,7 +425,7 @@ def replica_killed(ray, base: str, clients: int, seconds: float) -> dict:
                   "every request answered: 200 (failover) or a prompt 5xx for those on the killed replica (counted), "
                   "no dropped connection, none hangs; a new replica replaces the killed one",
                   f"{len(results)} requests {dict(sorted(codes.items(), key=str))}; {fivexx} 5xx; max latency "
-                  f"{max(dt for _, dt in results):.1f} s; service OK after {back} s; replicas back: {after} "
+                  f"{max(dt for _, dt, _ in results):.1f} s; service OK after {back} s; replicas back: {after} "
                   f"(new pids {sorted(set(now) - set(pids))})", unclean, bool(hung) or back is None, t0, failed)
 
 
@@ -431,3 +434,63 @@ def wait_replicas(ray, app: str, n: int, within: float) -> int:
     while time.monotonic() - t0 < within and len(replica_pids(ray, app)) < n:
         time.sleep(1)
     return len(replica_pids(ray, app))
+
+
+def proxy_pids(ray) -> list[int]:
+    from scenarios import alive_actor_pids
+
+    return alive_actor_pids(ray, "ProxyActor")
+
+
+def proxy_killed(ray, base: str, clients: int, seconds: float) -> dict:
+    """SIGKILL Serve's HTTP proxy (this one-node cluster's only entry point) while clients post.
+
+    The requests in flight on the proxy lose their connection and new connections are refused until
+    Serve's controller starts a new proxy: unavoidable with a single proxy, so counted and bounded
+    (dropped mid-request: at most one per client; refused: never reached the app, the client retries).
+    What must hold: the proxy is replaced, no request hangs, no wrong answer, service comes back."""
+    import os
+    import signal
+
+    t0 = time.monotonic()
+    before = proxy_pids(ray)
+    killed: list[int] = []
+
+    def kill():
+        killed.extend(before)
+        killed_at.append(time.monotonic())
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)
+
+    killed_at: list[float] = []
+    results = hammer(base, {}, clients, seconds, {"prompt": "Say something.", "max_tokens": 8}, timeout=60, during=kill)
+    back = recovers(base, {}, 180)
+    now = proxy_pids(ray)
+    codes: dict = {}
+    for status, *_ in results:
+        codes[status] = codes.get(status, 0) + 1
+    hung = codes.get("timeout", 0)
+    kill_t = killed_at[0] if killed_at else float("inf")
+    errors = [(st, start) for st, _, start in results if not isinstance(st, int) and st != "timeout"]
+    # In flight at the kill: sent before it. Sent after it: refused, or reset in the moment the dead
+    # proxy's listening socket still existed; neither reached Serve, the client retries.
+    dropped = sum(start < kill_t for _, start in errors)
+    refused = len(errors) - dropped
+    wrong = sum(n for st, n in codes.items() if isinstance(st, int) and st not in (200, 503))
+    failed = []
+    if not killed:
+        failed.append("no proxy process was found to kill")
+    if not now or set(now) & set(killed):
+        failed.append(f"the proxy was not replaced (proxies now {now}, killed {killed})")
+    if dropped > clients:
+        failed.append(f"{dropped} requests lost their connection, more than the {clients} that can have been in flight")
+    if wrong:
+        failed.append(f"{wrong} answers other than 200 or 503")
+    if not codes.get(200):
+        failed.append("no request succeeded")
+    return record("serving: HTTP proxy killed under load", f"SIGKILL Serve's proxy (pid {killed}) under {clients} clients",
+                  "the proxy is replaced; in-flight requests (at most one per client) lose their connection and new "
+                  "ones are refused until it is back (counted, retryable); no hang, no wrong answer; service returns",
+                  f"{len(results)} requests {dict(sorted(codes.items(), key=str))}; {dropped} dropped mid-request, "
+                  f"{refused} refused while no proxy listened; service OK after {back} s; new proxy pid {now}",
+                  wrong, bool(hung) or back is None, t0, failed)

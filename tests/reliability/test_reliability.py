@@ -72,3 +72,54 @@ def test_s3_endpoint_gone_mid_write(tmp_path, ray_local, annotate_mlflow, check_
     finally:
         if s3_endpoint.server is None:
             s3_endpoint.start()  # the rest of the session still needs it
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_mlflow_server_down_mid_stage(tmp_path, ray_local, check_record, monkeypatch):
+    """A real `mlflow server` for this scenario alone; MLflow's client retries kept short (the defaults
+    retry for minutes, which is right for a blip but would make this scenario slow)."""
+    from treasure.annotate.config import AnnotateConfig
+
+    server = scenarios.MlflowServer(tmp_path, scenarios.serving_fixtures.free_port())
+    server.start()
+    try:
+        for key, value in {"MLFLOW_TRACKING_URI": server.url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("MLFLOW_ARTIFACT_ROOT", raising=False)  # the server proxies artifacts
+        ids = annotate_input(str(tmp_path / "normalized"), 40, rows_per_file=8)
+        cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
+            str(tmp_path / "normalized"), str(tmp_path / "annotated"), shard_rows=4, quality={"enabled": False},
+            experiment="mlflow-down"))
+        check_record(scenarios.mlflow_server_down(cfg, ids, server))
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs mounted for this test (needs root, or CAP_SYS_ADMIN, as on the project's machines)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"the disk-full scenario mounts a small tmpfs and could not: {mounted.stderr.strip()} "
+                    "(run it as root, or in a container with CAP_SYS_ADMIN)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_disk_full_while_writing_shards(tmp_path, small_disk, ray_local, annotate_mlflow, check_record):
+    from treasure.annotate.config import AnnotateConfig
+
+    ids = annotate_input(str(tmp_path / "normalized"), 40, rows_per_file=8)
+    cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
+        str(tmp_path / "normalized"), str(small_disk / "annotated"), shard_rows=4, quality={"enabled": False}))
+    check_record(scenarios.annotate_disk_full(cfg, ids, small_disk, leave=48 * 1024))

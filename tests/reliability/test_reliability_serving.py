@@ -76,3 +76,22 @@ def test_replica_killed_under_load(ray_local, serve_http, tiny_checkpoint, check
         check_record(ss.replica_killed(ray_local, base, clients=8, seconds=30))
     finally:
         serve.delete(name)
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_proxy_killed_under_load(ray_local, serve_http, tiny_checkpoint, check_record):
+    from ray import serve
+
+    from serving.app import make_deployment
+    from treasure.serving.config import ServeConfig
+
+    name = f"reliability_proxy_{os.getpid()}"
+    config = ServeConfig(checkpoint=str(tiny_checkpoint), engine="transformers", num_cpus=0.25, default_max_tokens=8, max_tokens_limit=8)
+    serve.run(make_deployment(config).bind(config.model_dump_json()), name=name, route_prefix=f"/{name}")
+    base = f"{serve_http}/{name}"
+    try:
+        assert ss.recovers(base, {}, 120) is not None, "the app never answered"
+        check_record(ss.proxy_killed(ray_local, base, clients=8, seconds=30))
+    finally:
+        serve.delete(name)

@@ -69,22 +69,23 @@ def run(
     """Start an MLflow run that logs the resolved config, taxonomy version/file and data lineage."""
     import mlflow
 
-    exp_id = experiment_id(experiment)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     # The pipeline's parent run is active in this process when a stage runs: MLflow needs nested=True.
     nested = nested or (parent_run_id is not None and mlflow.active_run() is not None)
     try:
+        exp_id = experiment_id(experiment)
         with _started(mlflow, exp_id, run_name, nested, all_tags, config, taxonomy, lineage) as active:
             yield active
     except Exception as e:
         if _unreachable(e):
             raise TrackingUnavailable(
-                f"the MLflow tracking server at {tracking_uri()} stopped answering during the {run_name!r} run: the "
-                f"stage failed and committed nothing after that point; its finished work (e.g. annotate's shards, "
-                f"training checkpoints) is kept, so rerunning once the server is back resumes it. The run may show "
-                f"as RUNNING in MLflow: the server could not be told it failed.") from e
+                f"the MLflow tracking server at {tracking_uri()} did not answer (after MLflow's retries) while the "
+                f"{run_name!r} run logged to it: the stage failed and committed nothing after that point; its finished "
+                f"work (e.g. annotate's shards, training checkpoints) is kept, so rerunning once the server is back "
+                f"resumes it. A run already started may show as RUNNING in MLflow: the server could not be told it "
+                f"failed.") from e
         raise
 
 

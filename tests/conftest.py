@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 
@@ -80,10 +79,7 @@ TEST_TOKEN_ENV, TEST_TOKEN = "TREASURE_SERVE_TEST_TOKEN", "test-token-not-a-secr
 from secret_places import AWS_SECRET_CANARY, AWS_SESSION_CANARY  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port as _free_port  # noqa: E402
 
 
 def session_aws_env() -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,10 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port  # noqa: E402  (one helper for every area)
 
 
 def ray_env(**extra: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ the module's tests are done. Reliability tests (issue 9) reuse it.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -19,10 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `serving` is a top-level folder of the repository
     sys.path.insert(0, str(REPO))
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port  # noqa: E402  (one helper for every area)
 
 
 @pytest.fixture(scope="session")

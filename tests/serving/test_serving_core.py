@@ -19,15 +19,18 @@ def test_loads_a_registered_mlflow_model(tmp_path, tiny_checkpoint, taxonomy, mo
     import mlflow
     from mlflow import MlflowClient
 
+    from treasure.models.mlflow_model import log_model
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("serve-test", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=exp) as run:
-        mlflow.log_artifacts(str(tiny_checkpoint), "checkpoint")  # as the train stage logs it
+        pass
+    source = log_model(run.info.run_id, tiny_checkpoint)  # as the train stage logs it: a pyfunc model
     client = MlflowClient()
     client.create_registered_model("tiny-marked")
-    client.create_model_version("tiny-marked", source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id)
+    client.create_model_version("tiny-marked", source=source, run_id=run.info.run_id)
 
     srv = ModelServer(ServeConfig(checkpoint="models:/tiny-marked/1", engine="transformers", max_tokens_limit=8, default_max_tokens=4))
     assert srv.taxonomy.version == taxonomy.version and srv.model_name == "tiny-marked/1"

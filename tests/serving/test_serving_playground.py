@@ -1,8 +1,7 @@
 """The marker playground page in a real browser (Debian's headless Chromium through chromedriver)
 against two real Serve applications on the shared local Ray: a marked model and a baseline.
 
-Both models are trained here, in a few seconds each, on marker templates rendered by the project's
-own formatting (treasure.formatting, the project's BPE tokenizer, a 2-layer Llama): the marked one
+Both models are trained here, in a few seconds each (tests/marker_lessons.py): the marked one
 learns to write a marker block whose answer follows length_bucket, so the page has real inferred
 markers to show. The page must render exactly what the API returns for the request its own curl
 snippet shows (greedy decoding, same seed), requested and inferred markers included.
@@ -22,73 +21,17 @@ import time
 
 import httpx
 import pytest
+from marker_lessons import PROMPT, train_lessons
 
 TEST_TOKEN, TEST_TOKEN_ENV = "test-token-not-a-secret", "TREASURE_SERVE_TEST_TOKEN"  # tests/conftest.py's
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
-PROMPT = "Why is the sky blue?"
-# (prompt, task, domain, concise answer, medium answer): what the tiny models learn by heart.
-LESSONS = [
-    (PROMPT, "Explanation", "Sciences", "Air scatters blue light most.",
-     "Sunlight is made of many colours, and the air scatters the short blue waves far more than the red ones, "
-     "so blue light reaches your eyes from every part of the sky."),
-    ("Write a short poem about the sea.", "CreativeWriting", "Culture", "Waves hum, gulls call.",
-     "The sea rolls in with silver light, it sings to the shore all through the night, and every wave that "
-     "comes to rest brings back a song from the far west."),
-    ("Say hello to my friend Sam.", "OpenEnded", "Conversation", "Hello, Sam!",
-     "Hello Sam, it is so nice to meet you, and I hope your day is going well and that we can talk again very "
-     "soon about anything you like."),
-]
-
-
-def _train(out, taxonomy, markers: bool, steps: int):
-    """A 2-layer Llama on the project's BPE tokenizer, fitted to LESSONS (completion-only loss), saved
-    in the checkpoint layout. Marked: every prompt with and without its length_bucket (dropout)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from treasure.formatting import format_example, marker_turns
-    from treasure.train.tokenizer_bpe import chat_text, train_bpe
-
-    pairs = []
-    for prompt, task, domain, concise, medium in LESSONS:
-        for bucket, answer in (("concise", concise), ("medium", medium)):
-            block = {"length_bucket": bucket, "task": task, "domain": domain, "language": "English"}
-            for given in ({}, {"length_bucket": bucket}) if markers else (None,):
-                pairs.append(marker_turns(prompt, answer, block if markers else None, given, taxonomy))
-    tok = train_bpe([chat_text(u, a) for u, a in pairs] * 4, vocab_size=400)
-    rows = [format_example(tok, u, a) for u, a in pairs]
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.tensor([r.input_ids + [tok.pad_token_id] * (width - len(r.input_ids)) for r in rows])  # (B, T)
-    labels = torch.tensor([r.labels + [-100] * (width - len(r.labels)) for r in rows])
-    mask = (ids != tok.pad_token_id).long()
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True))
-    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
-    picked = labels[:, 1:] != -100  # logits only where a completion token is predicted
-    for _ in range(steps):
-        hidden = lm.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][picked]
-        loss = torch.nn.functional.cross_entropy(lm.lm_head(hidden), labels[:, 1:][picked])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.2, f"the tiny model did not fit its lessons (loss {loss.item():.3f})"
-    lm.save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "taxonomy.yaml").write_text(taxonomy.to_yaml())
-    (out / "treasure.json").write_text(json.dumps({
-        "markers": markers, "taxonomy_version": taxonomy.version, "data_manifest_id": None,
-        "config": {"test": "playground"}, "step": steps, "quality_reference": {}}))
-    return out
 
 
 @pytest.fixture(scope="module")
 def apps(serve_app, tmp_path_factory, taxonomy):
     """(marked app URL, baseline app URL): two applications behind one Serve proxy, auth on."""
-    marked = _train(tmp_path_factory.mktemp("marked"), taxonomy, markers=True, steps=150)
-    baseline = _train(tmp_path_factory.mktemp("baseline"), taxonomy, markers=False, steps=60)
+    marked = train_lessons(tmp_path_factory.mktemp("marked"), taxonomy, markers=True, steps=150)
+    baseline = train_lessons(tmp_path_factory.mktemp("baseline"), taxonomy, markers=False, steps=60)
     common = dict(engine="transformers", auth_token_env=TEST_TOKEN_ENV, num_cpus=0.25)
     return (serve_app(checkpoint=str(marked), model_name="marked", **common),
             serve_app(checkpoint=str(baseline), model_name="baseline", **common))

@@ -42,8 +42,9 @@ def test_marked_model_to_s3_loads_with_transformers(ray_local, tiny_train_config
     assert len(client.get_metric_history(summary["mlflow_run_id"], "learning_rate")) == cfg.max_steps
     version = client.get_model_version(cfg.model_name, summary["model_version"])
     assert version.tags["taxonomy_version"] == info.meta["taxonomy_version"]
-    artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "checkpoint")}
-    assert {"checkpoint/model.safetensors", "checkpoint/taxonomy.yaml", "checkpoint/treasure.json"} <= artifacts
+    artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "model/artifacts/checkpoint")}
+    assert {f"model/artifacts/checkpoint/{f}" for f in ("model.safetensors", "taxonomy.yaml", "treasure.json")} <= artifacts
+    assert "model/MLmodel" in {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "model")}
     # Idempotent: the same config returns the committed summary without training again.
     again = run(tiny_train_config(markers=True, output=f"{s3_bucket}/marked"))
     assert again["mlflow_run_id"] == summary["mlflow_run_id"]

@@ -37,6 +37,7 @@ def toy_config(repo, tmp_path, name, grid, rounds, scheduler, extra=()):
 @pytest.mark.timeout(240)
 def test_toy_search_asha_mlflow_registry_plot(repo, tmp_path, ray_local, tune_mlflow):
     import mlflow
+    from secret_places import AWS_SECRET_CANARY, AWS_SESSION_CANARY, dashboard_views, leaks, ray_logs
 
     # Trials run one at a time in grid order; ASHA (factor 2) stops a trial at a rung when its
     # round_objective is under the median of the trials recorded there before it. Round objective
@@ -45,6 +46,10 @@ def test_toy_search_asha_mlflow_registry_plot(repo, tmp_path, ray_local, tune_ml
     # trial after the stopped one (0.45) shows the stopped trial's process did not run on.
     config = toy_config(repo, tmp_path, "toy-asha", [0.0, 0.4, 0.5, 0.1, 0.45], rounds=3, scheduler="asha")
     out = search.run(config, round_fn=tune_toy_rounds.toy_round)
+    # Ray Tune would copy the driver's AWS credentials (the session's canaries) into every trial
+    # actor's runtime env, shown by the dashboard and runtime_env_agent.log: search.py stops it.
+    places = [dashboard_views(ray_local), ray_logs(ray_local)]
+    assert leaks(AWS_SECRET_CANARY, *places) == [] and leaks(AWS_SESSION_CANARY, *places) == []
 
     rows = {r["dropout.dataset_rate"]: r for r in out["trials"]}
     assert sorted(rows) == [0.0, 0.1, 0.4, 0.45, 0.5] and out["metrics"]["trials"] == 5

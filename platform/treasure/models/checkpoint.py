@@ -45,6 +45,8 @@ STEP_DIR_PREFIX = "checkpoint_step_"
 REQUIRED = (MODEL_CONFIG, WEIGHTS, TOKENIZER_CONFIG, TAXONOMY, META)
 STEP_DIR = re.compile(STEP_DIR_PREFIX + r"(\d+)$")
 REGISTRY_SCHEME = "models:/"  # MLflow model registry URIs: models:/<name>/<version>
+MODEL_PATH = "model"  # a run's MLflow model (treasure.models.mlflow_model): MLmodel, code/, artifacts/
+MODEL_ARTIFACT = "checkpoint"  # the checkpoint's key among that model's artifacts (MLmodel names its folder)
 CACHE_COMPLETE = ".treasure-cache-complete"  # written last into a downloaded copy: the copy is whole
 
 
@@ -266,10 +268,27 @@ def _try_candidate(candidate: str, rejected: list[str]) -> CheckpointInfo | None
     return CheckpointInfo(local_dir=local, taxonomy=taxonomy, meta=meta, source=candidate)
 
 
+def checkpoint_in(folder: Path) -> Path | None:
+    """The checkpoint inside an MLflow model folder (MLmodel + artifacts/<folder>, written by
+    treasure.models.mlflow_model.save_model), read off the MLmodel file, or None."""
+    import yaml
+
+    if not (folder / "MLmodel").exists():
+        return None
+    flavor = (yaml.safe_load((folder / "MLmodel").read_text()) or {}).get("flavors", {}).get("python_function", {})
+    entry = (flavor.get("artifacts") or {}).get(MODEL_ARTIFACT)  # MLflow keeps the source folder's own name
+    inner = folder / entry["path"] if isinstance(entry, dict) and "path" in entry else None
+    return inner if inner is not None and inner.is_dir() and safe_relpath(entry["path"], str(folder)) else None
+
+
 def find_checkpoint_root(folder: Path) -> Path:
-    """The folder holding taxonomy.yaml (the folder itself or one level below, as MLflow may nest it)."""
+    """The folder holding taxonomy.yaml: the folder itself, the checkpoint inside an MLflow model folder
+    (treasure.models.mlflow_model), or one level below (as MLflow may nest it)."""
     if (folder / TAXONOMY).exists():
         return folder
+    inner = checkpoint_in(folder)
+    if inner is not None and (inner / TAXONOMY).exists():
+        return inner
     found = sorted(p.parent for p in folder.glob(f"*/{TAXONOMY}"))
     if len(found) == 1:
         return found[0]

@@ -21,7 +21,7 @@ from treasure import storage
 from treasure.heldout import is_heldout
 from treasure.taxonomy import load_taxonomy
 from treasure.template import render_completion, render_prompt
-from treasure.models.checkpoint import RAY_DIR, TAXONOMY, TRAIN_STATE
+from treasure.models.checkpoint import MODEL_ARTIFACT, MODEL_PATH, RAY_DIR, TAXONOMY, TRAIN_STATE
 from treasure.train.resume import quality_reference
 from treasure.train.config import TrainConfig
 from treasure.train.tokenizer_bpe import cache_key, cached_bpe, chat_text
@@ -145,9 +145,10 @@ def _register(run_id: str, name: str, taxonomy, markers: bool) -> str:
     except MlflowException as e:
         if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
             raise
-    source = f"{mlflow.get_run(run_id).info.artifact_uri}/checkpoint"
+    source = f"{mlflow.get_run(run_id).info.artifact_uri}/{MODEL_PATH}"
     mv = client.create_model_version(name, source=source, run_id=run_id, tags={
-        "taxonomy_version": taxonomy.version, "taxonomy_file": f"checkpoint/{TAXONOMY}", "markers": str(markers).lower()})
+        "taxonomy_version": taxonomy.version, "taxonomy_file": f"{MODEL_PATH}/artifacts/{MODEL_ARTIFACT}/{TAXONOMY}",
+        "markers": str(markers).lower()})
     return mv.version
 
 
@@ -201,7 +202,9 @@ def run(config: TrainConfig, *, parent_run_id: str | None = None) -> dict:
         extra = {"config": _config_key(config), "markers": config.markers, "taxonomy_version": taxonomy.version,
                  "data_manifest_id": data_manifest_id, "step": metrics["steps"]}
         local = _download(result.checkpoint)
-        mlflow.log_artifacts(str(local), "checkpoint")
+        from treasure.models.mlflow_model import log_model
+
+        log_model(run_id, local)  # a real MLflow model (pyfunc) holding the checkpoint
         if config.register:
             summary["model_version"] = _register(run_id, config.model_name, taxonomy, config.markers)
         manifest = _publish(config, local, {**extra, "summary": summary})

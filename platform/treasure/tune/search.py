@@ -141,9 +141,26 @@ def _trainable(config: TuneConfig, setup: TrialSetup):
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
 
 
+# Credentials Ray Tune would copy from the driver into every trial actor's runtime env.
+CREDENTIAL_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+
+
+def keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Ray Tune copies the driver's AWS credentials into each trial actor's runtime env
+    (ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE), where the dashboard's actor view and
+    runtime_env_agent.log show them to anyone who reaches the dashboard. Trials get credentials as
+    every other Ray worker does: from their own process environment (the node's) or the cloud's
+    credential chain (instance profile, web identity)."""
+    from ray.tune.execution import class_cache
+
+    # Read at each trainable's registration, so rebinding the module constant takes effect.
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_ENV
+
+
 def _tuner(config: TuneConfig, setup: TrialSetup, search_dir: Path):
     from ray import tune
 
+    keep_credentials_out_of_trial_runtime_envs()
     trainable = _trainable(config, setup)
     if config.resume == "auto" and tune.Tuner.can_restore(str(search_dir)):
         # Finished trials keep their results; unfinished and errored ones continue from their last round.
@@ -262,14 +279,15 @@ def register_best(config: TuneConfig, best: dict, parent_run_id: str) -> dict:
     out = {"trial_run_id": run_id, "model": model}
     if not (config.register_model and model):
         return out
+    from treasure.models.mlflow_model import log_model
+
     client = MlflowClient()
-    client.log_artifacts(run_id, model, "checkpoint")
+    source = log_model(run_id, model)  # a real MLflow model (pyfunc) holding the checkpoint
     try:
         client.create_registered_model(config.register_model, tags={"tune.search": config.name})
     except MlflowException as e:
         if "RESOURCE_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e).lower():
             raise
-    source = f"{mlflow.get_run(run_id).info.artifact_uri}/checkpoint"
     mv = client.create_model_version(config.register_model, source=source, run_id=run_id,
                                      tags={"tune.search": config.name, "objective": str(best["objective"])})
     out["model_version"] = mv.version

@@ -1,7 +1,8 @@
-"""treasure.storage: atomic local writes, and torn commit markers read as "not committed"."""
+"""treasure.storage: atomic local writes, torn commit markers read as "not committed", and globs."""
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
 
@@ -43,3 +44,21 @@ def test_a_torn_shard_marker_means_the_shard_is_redone(tmp_path):
     with open(os.path.join(folder, "done.json"), "w") as f:
         f.write('{"rows": 12, "fil')
     assert read_done(cfg, "part-00000") is None
+
+
+def test_docstring_examples_and_globs(tmp_path):
+    assert doctest.testmod(storage).failed == 0
+    for name in ["x/a.jsonl", "x/b.json", "x/y/c.jsonl", "x/y/z/d.jsonl", "x/[e].jsonl", "x/_tmp/f.jsonl"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+
+    def rel(pattern):
+        return [r for _, r in storage.expand(f"{tmp_path}/{pattern}")]
+
+    assert rel("x/*.jsonl") == ["[e].jsonl", "a.jsonl"]  # `*` stays within a folder; `_tmp` is hidden
+    assert rel("x/**/*.jsonl") == ["[e].jsonl", "a.jsonl", "y/c.jsonl", "y/z/d.jsonl"]
+    assert rel("x/y/**") == ["c.jsonl", "z/d.jsonl"]
+    assert rel("x/?.json") == ["b.json"] and rel("x/[ab].json*") == ["a.jsonl", "b.json"]
+    assert storage.expand(str(tmp_path / "x" / "a.jsonl")) == [(str(tmp_path / "x" / "a.jsonl"), "a.jsonl")]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        storage.expand(f"{tmp_path}/nope/*.jsonl")

@@ -31,9 +31,17 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+def scheme_prefix(uri: str) -> str:
+    """"s3://", "hf://", ... for a URI; "" for a local path."""
+    return str(uri).split("://", 1)[0] + "://" if "://" in str(uri) else ""
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path within it) for a local path or an s3:// URI."""
+    """(pyarrow filesystem, path within it) for a local path, an s3:// URI, or any other URI that
+    pyarrow (file://, gs://, hdfs://) or an installed fsspec implementation (hf://, az://, ...) resolves."""
     uri = str(uri)
+    if "://" in uri and not is_s3(uri):
+        return _other_filesystem(uri)
     if is_s3(uri):
         endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
         kwargs: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
@@ -46,13 +54,30 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
+def _other_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    import pyarrow as pa
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    import fsspec.core  # hf:// (huggingface_hub), az://, ... whatever fsspec has registered and installed
+
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ValueError, ImportError) as e:
+        raise ValueError(f"{uri}: no filesystem for this URI scheme ({e})") from e
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([str(uri).rstrip("/"), *[p.strip("/") for p in parts]])
 
 
 def read_bytes(uri: str) -> bytes:
+    """The file's bytes as stored (pyarrow would gunzip a `.gz` by default; readers decide that)."""
     fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_stream(path, compression=None) as f:
         return f.read()
 
 
@@ -123,8 +148,66 @@ def list_file_infos(uri: str) -> list[tuple[str, int, int]]:
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    prefix = "s3://" if is_s3(uri) else ""
+    prefix = scheme_prefix(uri)
     return sorted((prefix + i.path, i.size, i.mtime_ns or 0) for i in infos if i.type == pafs.FileType.File)
+
+
+GLOB_CHARS = "*?["
+
+
+def expand(uri: str) -> list[tuple[str, str]]:
+    """(URI, path below the base) of the files `uri` names, sorted: itself (named by its last part)
+    when it is a file, every file under it when it is a
+    folder, every match when it holds a glob (`*` and `?` within a path part, `**` across parts,
+    `[...]` sets). Hidden files and folders (`.name`, `_name`) under a folder or glob are left out,
+    as Spark and Ray Data do (`_SUCCESS`, `.crc`). Raises FileNotFoundError when nothing matches.
+
+    >>> import pathlib, tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ["a/1.jsonl", "a/b/2.jsonl", "a/_SUCCESS", "c.csv"]:
+    ...     (root / name).parent.mkdir(parents=True, exist_ok=True); _ = (root / name).write_text("x")
+    >>> [relative for _, relative in expand(f"{root}/**/*.jsonl")]
+    ['a/1.jsonl', 'a/b/2.jsonl']
+    >>> [relative for _, relative in expand(f"{root}/a")]
+    ['1.jsonl', 'b/2.jsonl']
+    """
+    import re
+
+    uri = str(uri)
+    parts = uri.split("/")
+    wild = next((i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS)), None)
+    base = uri if wild is None else "/".join(parts[:wild])
+    fs, path = filesystem(base)
+    kind = fs.get_file_info(path).type
+    if wild is None and kind == pafs.FileType.File:
+        return [(uri, uri.rstrip("/").rsplit("/", 1)[-1])]
+    if kind == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri}: no such file or folder" if wild is None else f"{uri}: {base} does not exist")
+    root = scheme_prefix(base) + path.rstrip("/")
+    files = [(f, f[len(root):].strip("/")) for f, _, _ in list_file_infos(base)]
+    visible = [(f, rel) for f, rel in files if not any(p[:1] in "._" for p in rel.split("/"))]
+    if wild is not None:
+        regex = _glob_regex(parts[wild:])
+        visible = [(f, rel) for f, rel in visible if re.fullmatch(regex, rel)]
+    if not visible:
+        raise FileNotFoundError(f"{uri}: matches no file")
+    return visible
+
+
+def _glob_regex(parts: list[str]) -> str:
+    """A regex for the path below the glob's base: `*`, `?` stay within a part, `**` spans parts."""
+    import re
+
+    out = ""
+    for i, part in enumerate(parts):
+        if part == "**":
+            out += "(?:[^/]+/)*" if i < len(parts) - 1 else ".*"
+            continue
+        tokens = re.split(r"(\*|\?|\[[^\]]+\])", part)
+        out += "".join("[^/]*" if t == "*" else "[^/]" if t == "?" else t.replace("[!", "[^") if t.startswith("[")
+                       else re.escape(t) for t in tokens)
+        out += "/" if i < len(parts) - 1 else ""
+    return out
 
 
 def delete(uri: str) -> None:

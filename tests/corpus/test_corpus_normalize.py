@@ -8,9 +8,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import treasure.corpus.conversations
 import treasure.corpus.formats
 import treasure.corpus.normalize
 import treasure.corpus.schema
+import treasure.corpus.units
 from treasure.corpus.config import FileSource
 from treasure.corpus.normalize import normalize_source
 from treasure.corpus.schema import Candidate, make_id
@@ -18,7 +20,8 @@ from treasure.corpus.sources import read_file_source
 
 
 def test_docstring_examples():
-    for module in (treasure.corpus.schema, treasure.corpus.normalize, treasure.corpus.formats):
+    for module in (treasure.corpus.schema, treasure.corpus.normalize, treasure.corpus.formats,
+                   treasure.corpus.conversations, treasure.corpus.units):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 

@@ -15,14 +15,14 @@ from treasure.corpus.stage import run
 
 
 def small_config(input_root: str, output: str, **extra) -> NormalizeConfig:
-    """Real bundled files (capped), a generated source and a user file full of bad rows."""
+    """Real bundled files (capped), a generated source and a glob naming a user file full of bad rows."""
     return NormalizeConfig.model_validate({
         "input": input_root, "output": output, "seed": 3, "experiment": "corpus-tests", **extra,
         "sources": {
             "arena-hard": {"type": "arena-hard", "max_rows": 40},
             "self-instruct": {"type": "self-instruct"},
             "mathematics": {"type": "mathematics", "count": 12, "modules": ["arithmetic__mul", "numbers__gcd"]},
-            "user": {"type": "file", "path": "user/bad.jsonl", "prompt": ["q"], "response": "a", "language": "English",
+            "user": {"type": "file", "path": "user/*.jsonl", "prompt": ["q"], "response": "a", "language": "English",
                      "metadata_fields": ["topic"]},
         },
     })
@@ -43,7 +43,7 @@ def read_rows(uri: str) -> list[dict]:
     return pq.read_table(path, filesystem=fs).to_pylist()
 
 
-def test_local_run_publishes_accounts_and_is_idempotent(input_root, tmp_path, mlflow_store):
+def test_local_run_publishes_accounts_and_is_idempotent(input_root, tmp_path, mlflow_store, ray_local):
     import mlflow
 
     out = str(tmp_path / "normalized")
@@ -81,7 +81,7 @@ def test_local_run_publishes_accounts_and_is_idempotent(input_root, tmp_path, ml
     assert {r["id"] for r in read_rows(out)} != {r["id"] for r in rows} and not resampled["cached"]
 
 
-def test_s3_round_trip(input_root, s3_bucket, mlflow_store):
+def test_s3_round_trip(input_root, s3_bucket, mlflow_store, ray_local):
     for path in sorted(input_root.rglob("*")):
         if path.is_file():
             storage.write_bytes(f"{s3_bucket}/in/{path.relative_to(input_root)}", path.read_bytes())

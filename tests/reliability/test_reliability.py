@@ -18,7 +18,7 @@ def annotate_input(uri: str, n: int, rows_per_file: int = 1000) -> list[str]:
 
 
 @pytest.mark.reliability
-def test_bad_data_every_record_accounted(tmp_path, annotate_mlflow, check_record):
+def test_bad_data_every_record_accounted(tmp_path, annotate_mlflow, check_record, ray_local):
     rec = check_record(scenarios.bad_data_corpus(tmp_path))
     assert "0 errors without reason" in rec["happened"]
 

@@ -58,23 +58,56 @@ class MathematicsSource(_Source):
 
 
 class FileSource(_Source):
-    """Bring your own data: one JSONL / JSON-array / Parquet file with a field mapping."""
+    """Bring your own data: files in any of five formats, read through a field mapping or as chats.
 
-    type: Literal["file"] = Field(description="A user file read through a field mapping.")
-    path: str = Field(description="The file (relative to `input`, or a full path / s3:// URI).")
-    format: Literal["auto", "jsonl", "json", "parquet"] = Field(
-        "auto", description="File format; auto picks by extension (.jsonl, .json, .parquet)."
+    `path` is a file, a folder (every file under it; a saved HF `datasets` folder reads its data
+    files), or a glob (`sft-mix/*.jsonl`, `s3://bucket/sft/**/*.parquet`); local, s3://, and any
+    URI that pyarrow or an installed fsspec filesystem resolves (`hf://datasets/<org>/<name>/...`
+    where the Hub is reachable). Each file is read by a parallel Ray Data task.
+    """
+
+    type: Literal["file"] = Field(description="User files read through a field mapping or as conversations.")
+    path: str = Field(description="File, folder or glob (relative to `input`, or a full path / URI).")
+    format: Literal["auto", "jsonl", "json", "parquet", "csv", "arrow", "hf-datasets"] = Field(
+        "auto", description="File format; auto picks by extension (.jsonl/.ndjson, .json, .parquet, .csv, .arrow, "
+                            "each maybe .gz) and reads a folder holding dataset_dict.json or state.json as a "
+                            "saved HF datasets folder (hf-datasets)."
     )
-    prompt: list[str] = Field(
-        min_length=1, description="Fields joined (blank line between, empty ones skipped) into the prompt."
+    split: str | None = Field(None, description="hf-datasets: read only this split of a DatasetDict (null: all).")
+    shape: Literal["fields", "messages", "sharegpt"] = Field(
+        "fields", description="Record shape: `fields` maps prompt/response fields; `messages` is an OpenAI chat "
+                              "({role, content} list; content a string or text parts); `sharegpt` is {from, value} "
+                              "turns (human/gpt/system)."
     )
-    response: str = Field(description="Field holding the response.")
+    conversation: str | None = Field(
+        None, description="Field holding the turns (null: `messages` for shape messages, `conversations` for sharegpt)."
+    )
+    turns: Literal["last", "every"] = Field(
+        "last", description="Conversations: the last assistant reply is the row (`last`), or every assistant reply "
+                            "that follows a user turn is a row (`every`); earlier turns stay in the prompt."
+    )
+    prompt: list[str] | None = Field(
+        None, min_length=1, description="shape fields: fields joined (blank line between, empty ones skipped) into the prompt."
+    )
+    response: str | None = Field(None, description="shape fields: field holding the response.")
     language: str | None = Field(None, description="Language of every row (taxonomy spelling, e.g. English).")
     language_field: str | None = Field(None, description="Field holding each row's language (overrides `language`).")
     metadata_fields: list[str] = Field(default_factory=list, description="Fields copied as-is into `metadata`.")
     metadata: dict[str, MetaValue] = Field(
         default_factory=dict, description="Constant metadata for every row, e.g. {domain_hint: Legal, source_kind: Human}."
     )
+
+    @model_validator(mode="after")
+    def _shape_fields(self) -> "FileSource":
+        if self.shape == "fields" and (self.prompt is None or self.response is None):
+            raise ValueError("shape: fields needs `prompt` (a list of fields) and `response` (a field)")
+        if self.shape != "fields" and (self.prompt is not None or self.response is not None):
+            raise ValueError(f"shape: {self.shape} reads prompt and response from the turns; drop `prompt`/`response`")
+        if self.shape == "fields" and self.conversation is not None:
+            raise ValueError("`conversation` applies to shape messages or sharegpt")
+        if self.split is not None and self.format not in ("auto", "hf-datasets"):
+            raise ValueError("`split` applies to a saved HF datasets folder (format auto or hf-datasets)")
+        return self
 
 
 SourceConfig = Annotated[

@@ -1,4 +1,5 @@
-"""File formats → raw records: JSONL, JSON arrays and Parquet, from bytes read off any storage.
+"""File formats → raw records: JSONL, JSON arrays, Parquet, CSV and Arrow (a saved HF `datasets`
+folder's data files), from bytes read off any storage.
 
 Each parser yields `(record_label, dict)` for a parsed record or a `Rejected` for one that could
 not be parsed, so a broken line is reported, never skipped. Bytes that are not valid UTF-8 are
@@ -81,14 +82,75 @@ def parquet_records(data: bytes, name: str) -> Iterator[Parsed]:
         yield _as_record(f"{name}[{index}]", obj)
 
 
-def records(data: bytes, name: str, fmt: str = "auto") -> Iterator[Parsed]:
-    """Parse `data` (named `name`, optionally gzip-compressed `.gz`) in format `fmt` or by extension."""
+def arrow_records(data: bytes, name: str) -> Iterator[Parsed]:
+    """One record per row of an Arrow IPC stream (what HF `datasets` `save_to_disk` writes as
+    `data-*.arrow`; the file format is read too), labelled `name[<row>]`."""
+    import pyarrow as pa
+
+    try:
+        try:
+            table = pa.ipc.open_stream(pa.BufferReader(data)).read_all()
+        except pa.ArrowInvalid:
+            table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+        rows = table.to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        yield Rejected(name, f"unreadable Arrow file: {e}", "")
+        return
+    for index, obj in enumerate(rows):
+        yield _as_record(f"{name}[{index}]", obj)
+
+
+def csv_records(data: bytes, name: str) -> Iterator[Parsed]:
+    """One record per CSV row after the header (every value a string), labelled `name:<row>`;
+    a row with more or fewer values than the header has names is rejected, not padded."""
+    import csv
+
+    reader = csv.reader(io.StringIO(decode(data), newline=""))
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error):
+        return
+    row_number = 0
+    while True:
+        row_number += 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # e.g. a NUL byte; the reader cannot go on past it
+            yield Rejected(f"{name}:{row_number}", f"invalid CSV: {e}", "")
+            return
+        if not values:
+            continue
+        label = f"{name}:{row_number}"
+        if len(values) != len(header):
+            yield Rejected(label, f"wrong number of values: {len(values)} for {len(header)} columns", ",".join(values))
+            continue
+        yield label, dict(zip(header, values))
+
+
+PARSERS = {"jsonl": jsonl_records, "json": json_array_records, "parquet": parquet_records,
+           "csv": csv_records, "arrow": arrow_records}
+EXTENSIONS = {"jsonl": "jsonl", "ndjson": "jsonl", "json": "json", "parquet": "parquet", "csv": "csv", "arrow": "arrow"}
+
+
+def format_of(name: str, fmt: str = "auto") -> str:
+    """`fmt`, or the format that `name`'s extension (under an optional `.gz`) says."""
+    if fmt != "auto":
+        return fmt
     base = name[:-3] if name.endswith(".gz") else name
+    found = EXTENSIONS.get(base.rsplit("/", 1)[-1].rsplit(".", 1)[-1].lower(), "")
+    if not found:
+        raise ValueError(f"{name}: cannot tell the format from the extension; set format: {'|'.join(PARSERS)}")
+    return found
+
+
+def records(data: bytes, name: str, fmt: str = "auto", label: str | None = None) -> Iterator[Parsed]:
+    """Parse `data` (named `name`, optionally gzip-compressed `.gz`) in format `fmt` or by extension.
+    Records are labelled with `label` (default: `name`'s last part without `.gz`); files found in a
+    folder pass their path below it, so labels stay distinct (`train/part-0.jsonl:3`)."""
+    fmt = format_of(name, fmt)
     if name.endswith(".gz"):
         data = gzip.GzipFile(fileobj=io.BytesIO(data)).read()
-    if fmt == "auto":
-        fmt = {"jsonl": "jsonl", "json": "json", "parquet": "parquet"}.get(base.rsplit(".", 1)[-1], "")
-        if not fmt:
-            raise ValueError(f"{name}: cannot tell the format from the extension; set format: jsonl|json|parquet")
-    parse = {"jsonl": jsonl_records, "json": json_array_records, "parquet": parquet_records}[fmt]
-    return parse(data, base.rsplit("/", 1)[-1])
+        name = name[:-3]
+    return PARSERS[fmt](data, label or name.rsplit("/", 1)[-1])

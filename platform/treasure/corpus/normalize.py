@@ -19,7 +19,9 @@ Every input record of a source ends in exactly one bucket, and `normalize_source
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -85,27 +87,67 @@ def sample_key(seed: int, row_id: str) -> str:
     return hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()
 
 
+class Tally:
+    """One source's exactly-once accounting, fed one outcome at a time (in input order) by the
+    in-memory `normalize_source` and by the normalize stage's streaming driver alike."""
+
+    def __init__(self, source: str, max_rows: int | None, seed: int):
+        self.source, self.max_rows, self.seed = source, max_rows, seed
+        self.records = self.errors = self.duplicates = 0
+        self.seen: set[str] = set()  # ids only: memory grows with the row count, not the text
+        self.stats: dict = {}
+        self.reasons: Counter = Counter()  # error rows by the kind of reason (its text before ':')
+
+    def admit(self, row_id: str) -> bool:
+        """Count a checked row; True when it is the first with its id (kept), False for a duplicate."""
+        self.records += 1
+        if row_id in self.seen:
+            self.duplicates += 1
+            return False
+        self.seen.add(row_id)
+        return True
+
+    def reject(self, reason: str) -> None:
+        """Count a record that became an error row."""
+        self.records += 1
+        self.errors += 1
+        self.reasons[reason.split(":")[0]] += 1
+
+    def keep(self) -> set[str] | None:
+        """The ids `max_rows` keeps (the smallest seed-stable hashes), or None when nothing is capped."""
+        if self.max_rows is None or len(self.seen) <= self.max_rows:
+            return None
+        return set(heapq.nsmallest(self.max_rows, self.seen, key=lambda i: sample_key(self.seed, i)))
+
+    @property
+    def capped(self) -> int:
+        return max(0, len(self.seen) - self.max_rows) if self.max_rows is not None else 0
+
+    def counts(self) -> dict[str, int]:
+        """{records, rows, errors, duplicates, capped, ...stats}; raises unless every record is in one bucket."""
+        rows = len(self.seen) - self.capped
+        accounted = rows + self.errors + self.duplicates + self.capped
+        if self.records != accounted:  # not `assert`: this check must survive `python -O`
+            raise AssertionError(f"{self.source}: {self.records} records but {accounted} accounted for")
+        return {"records": self.records, "rows": rows, "errors": self.errors, "duplicates": self.duplicates,
+                "capped": self.capped, **self.stats}
+
+
 def normalize_source(source: str, items: Iterable[Candidate | Rejected], max_rows: int | None, seed: int,
                      stats: dict | None = None) -> SourceResult:
-    """Check, dedup and cap one source's items; every item is accounted for exactly once."""
-    result = SourceResult(source, stats=dict(stats or {}))
-    seen: set[str] = set()
+    """Check, dedup and cap one source's items in memory; every item is accounted for exactly once."""
+    result, tally = SourceResult(source, stats=dict(stats or {})), Tally(source, max_rows, seed)
     for item in items:
-        result.records += 1
         outcome = item if isinstance(item, Rejected) else check(source, item)
         if isinstance(outcome, Rejected):
+            tally.reject(outcome.reason)
             result.errors.append({"source": source, "record": outcome.record, "reason": outcome.reason,
                                   "raw": clip_raw(outcome.raw)})
-        elif outcome["id"] in seen:
-            result.duplicates += 1
-        else:
-            seen.add(outcome["id"])
+        elif tally.admit(outcome["id"]):
             result.rows.append(outcome)
-    if max_rows is not None and len(result.rows) > max_rows:
-        keep = set(sorted(seen, key=lambda i: sample_key(seed, i))[:max_rows])
-        result.capped = len(result.rows) - max_rows
+    keep = tally.keep()
+    if keep is not None:
         result.rows = [r for r in result.rows if r["id"] in keep]  # input order is kept
-    accounted = len(result.rows) + len(result.errors) + result.duplicates + result.capped
-    if result.records != accounted:  # not `assert`: this check must survive `python -O`
-        raise AssertionError(f"{source}: {result.records} records but {accounted} accounted for")
+    counts = tally.counts()
+    result.records, result.duplicates, result.capped = counts["records"], counts["duplicates"], counts["capped"]
     return result

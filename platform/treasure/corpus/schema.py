@@ -36,6 +36,10 @@ ERROR_SCHEMA = pa.schema([
 RAW_LIMIT = 2000
 
 
+class BadRecord(ValueError):
+    """A parsed record whose fields do not fit the source's mapping (reported as an error row)."""
+
+
 def make_id(source: str, prompt: str, response: str) -> str:
     """Stable id: the same (source, prompt, response) always gets the same id, on any machine."""
     digest = hashlib.sha256(f"{prompt}\x1f{response}".encode("utf-8")).hexdigest()

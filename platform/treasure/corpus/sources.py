@@ -16,14 +16,11 @@ from typing import Any, Callable, Iterable, Union
 
 from treasure import storage
 from treasure.corpus.config import AlpacaZhSource, ArenaHardSource, FileSource, SelfInstructSource
-from treasure.corpus.formats import records
-from treasure.corpus.schema import Candidate, Rejected
+from treasure.corpus import conversations
+from treasure.corpus.formats import format_of, records
+from treasure.corpus.schema import BadRecord, Candidate, Rejected
 
 Item = Union[Candidate, Rejected]
-
-
-class BadRecord(ValueError):
-    """A parsed record whose fields do not fit the source's mapping (reported as an error row)."""
 
 
 @dataclass
@@ -153,17 +150,77 @@ def read_arena_hard(cfg: ArenaHardSource, root: str) -> SourceInput:
 
 # --- Alpaca-zh and user files: one record -> one row through a field mapping ---------------------
 
-def read_file_source(cfg: FileSource, root: str) -> SourceInput:
-    lineage: dict = {}
-    uri = resolve(root, cfg.path)
+HF_MARKERS = ("dataset_dict.json", "state.json")  # what `save_to_disk` writes at a saved dataset's root
 
-    def build(label: str, obj: dict) -> Candidate:
-        prompt = join_text(text_of(obj, f, required=(i == 0)) for i, f in enumerate(cfg.prompt))
+
+def saved_dataset_files(folder: str, split: str | None) -> list[tuple[str, str]]:
+    """(URI, path below `folder`) of the Arrow data files of a saved HF `datasets` folder (a Dataset
+    or a DatasetDict), in order."""
+    splits: list[str] = [""]
+    if storage.exists(storage.join(folder, "dataset_dict.json")):
+        splits = json.loads(storage.read_bytes(storage.join(folder, "dataset_dict.json")))["splits"]
+        if split is not None and split not in splits:
+            raise ValueError(f"{folder}: no split {split!r} (splits: {splits})")
+        splits = [split] if split is not None else splits
+    elif split is not None:
+        raise ValueError(f"{folder}: a single saved Dataset has no splits; drop `split`")
+    files = []
+    for name in splits:
+        base = storage.join(folder, name) if name else folder
+        state = json.loads(storage.read_bytes(storage.join(base, "state.json")))
+        files += [(storage.join(base, f["filename"]), f"{name}/{f['filename']}".lstrip("/")) for f in state["_data_files"]]
+    return files
+
+
+def file_units(cfg: FileSource, root: str) -> list[tuple[str, str]]:
+    """(URI, record label prefix) of every file `cfg.path` names, in a stable order; see FileSource.
+    Files found under a folder or glob are labelled by their path below it (`train/part-0.jsonl`)."""
+    uri = resolve(root, cfg.path)
+    saved = cfg.format == "hf-datasets" or (
+        cfg.format == "auto" and not any(c in uri for c in storage.GLOB_CHARS)
+        and any(storage.exists(storage.join(uri, m)) for m in HF_MARKERS))
+    if saved:
+        return saved_dataset_files(uri, cfg.split)
+    files = storage.expand(uri)
+    for file, _ in files:  # an unreadable name fails the plan, before any reading starts
+        format_of(file, cfg.format)
+    return files
+
+
+def record_builder(cfg: FileSource) -> Callable[[str, dict], Candidate | list[Candidate]]:
+    """record -> candidate(s) through the source's field mapping or conversation shape."""
+
+    def common(obj: dict) -> tuple[str | None, dict]:
         language = (text_of(obj, cfg.language_field, False) if cfg.language_field else None) or cfg.language
-        metadata = {**cfg.metadata, **{name: obj.get(name) for name in cfg.metadata_fields}}
+        return language, {**cfg.metadata, **{name: obj.get(name) for name in cfg.metadata_fields}}
+
+    def fields(label: str, obj: dict) -> Candidate:
+        prompt = join_text(text_of(obj, f, required=(i == 0)) for i, f in enumerate(cfg.prompt))
+        language, metadata = common(obj)
         return Candidate(label, prompt, text_of(obj, cfg.response), language, metadata)
 
-    return SourceInput(map_records(records(read_file(uri, lineage), uri, cfg.format), build), lineage)
+    def chat(label: str, obj: dict) -> list[Candidate]:
+        field = cfg.conversation or ("messages" if cfg.shape == "messages" else "conversations")
+        turns = conversations.chat_turns(obj, field, cfg.shape)
+        language, metadata = common(obj)
+        return [Candidate(f"{label}#{k}", prompt, response, language, {**metadata, "turn": k, "turns": len(turns)})
+                for k, prompt, response in conversations.exchanges(turns, every=cfg.turns == "every")]
+
+    return fields if cfg.shape == "fields" else chat
+
+
+def read_file_source(cfg: FileSource, root: str, unit: tuple[str, str] | None = None) -> SourceInput:
+    """The items of one file of a file source (`unit` from `file_units`; default: its only file)."""
+    lineage: dict = {}
+    if unit is None:
+        units = file_units(cfg, root)
+        if len(units) != 1:
+            raise ValueError(f"{cfg.path}: names {len(units)} files; read them one unit at a time")
+        unit = units[0]
+    uri, label = unit
+    fmt = "arrow" if cfg.format == "hf-datasets" else cfg.format
+    label = label[:-3] if label.endswith(".gz") else label
+    return SourceInput(map_records(records(read_file(uri, lineage), uri, fmt, label), record_builder(cfg)), lineage)
 
 
 def alpaca_zh_mapping(cfg: AlpacaZhSource) -> FileSource:

@@ -3,7 +3,13 @@
 #   make test   - the default test suite (CPU, a few minutes)
 PY := .venv/bin/python
 export RAY_AUTH_MODE ?= disabled
-export HF_HUB_OFFLINE ?= 1
+# Hub access follows the environment: set HF_HUB_OFFLINE yourself, or it is 1 only when the Hub does
+# not answer within 3 s (so a Hub model id works wherever the Hub is reachable, and an offline
+# machine fails fast instead of retrying). The embedded default never needs the Hub; tests set 1.
+ifndef HF_HUB_OFFLINE
+HF_HUB_OFFLINE := $(shell python3 -c "import urllib.request as u; u.urlopen('https://huggingface.co/api/models?limit=1', timeout=3)" >/dev/null 2>&1 && echo 0 || echo 1)
+endif
+export HF_HUB_OFFLINE
 export TOKENIZERS_PARALLELISM ?= false
 # A busy 2-core machine can miss Ray's default 30 s raylet registration window.
 export RAY_raylet_start_wait_time_s ?= 120

@@ -262,7 +262,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serving.app import build_app
+    from treasure.serving.app import build_app
     from treasure.serving.api_models import GenerateRequest
     from treasure.serving.config import ServeConfig
     from treasure.serving.server import ModelServer

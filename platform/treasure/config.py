@@ -70,12 +70,13 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
         raise ConfigError(f"{where}: invalid {model.__name__}\n  " + "\n  ".join(lines)) from None
 
 
-def cli_args(description: str, default_config: str | None = None) -> argparse.Namespace:
+def cli_args(description: str, default_config: str | None = None, argv: list[str] | None = None,
+             prog: str | None = None) -> argparse.Namespace:
     """The common command line of every pipeline script: --config FILE and KEY=VALUE overrides."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, prog=prog)
     parser.add_argument("--config", default=default_config, help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides applied after the file")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -237,3 +237,25 @@ def summary_table(summaries: dict[str, dict]) -> str:
     if "pipeline" in summaries:
         lines.append(f"\nMLflow parent run {summaries['pipeline']['mlflow_run_id']} in experiment {summaries['pipeline']['experiment']!r}")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`pipelines/full.py` and `treasure pipeline`: --config FILE plus section.key=value overrides;
+    Ray from RAY_ADDRESS or a private local cluster; prints each stage's line and the summary table."""
+    import json
+
+    import treasure
+    from treasure.cluster import init_ray
+    from treasure.config import cli_args, load_config
+
+    args = cli_args(__doc__.splitlines()[0], default_config="pipelines/configs/demo.yaml", argv=argv, prog=prog)
+    config = load_config(PipelineConfig, args.config, args.overrides)
+    # Local: workers share this machine's files and venv. Under `ray job submit --working-dir .` the
+    # job's runtime_env already ships the repository to every worker.
+    info = init_ray()
+    print(f"[pipeline] Ray: {json.dumps(info, default=str)}", flush=True)
+    # Under `ray job submit` this is the runtime_env's uploaded copy, not a checkout on the node.
+    print(f"[pipeline] treasure package: {treasure.__file__}", flush=True)
+    summaries = run_pipeline(config, log=lambda line: print(line, flush=True))
+    print("\n" + summary_table(summaries), flush=True)
+    return 0

@@ -138,9 +138,9 @@ def test_rayservice_manifest_builds_the_serving_app():
     assert svc["apiVersion"] == "ray.io/v1" and svc["kind"] == "RayService"
     serve = yaml.safe_load(svc["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
-    assert app["import_path"] == "serving.app:build_app"
+    assert app["import_path"] == "treasure.serving.app:build_app"
     module, func = app["import_path"].split(":")
-    tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
+    tree = ast.parse((REPO / "platform" / (module.replace(".", "/") + ".py")).read_text())
     assert func in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     ServeConfig.model_validate(app["args"])  # the args are a valid serve config (extra keys fail)
     check_ray_cluster_spec(svc["spec"]["rayClusterConfig"])
@@ -217,8 +217,8 @@ def test_dockerfile_builds_cuda_vllm_and_the_package():
                              and "=" in i["value"])}
     assert args["PYTHON_VERSION"] == "3.11"
     runs = " ".join(i["value"] for i in df.structure if i["instruction"] == "RUN")
-    assert 'uv pip install "vllm==${VLLM_VERSION}"' in runs and "uv pip install -e ." in runs
-    assert runs.index("vllm==") < runs.index("install -e .")  # vLLM chooses the CUDA torch first
+    assert 'uv pip install "vllm==${VLLM_VERSION}"' in runs and 'uv pip install -e ".[demo]"' in runs
+    assert runs.index("vllm==") < runs.index("install -e ")  # vLLM chooses the CUDA torch first
     for copy in (i["value"].split() for i in df.structure if i["instruction"] == "COPY"):
         if not copy[0].startswith("--from"):
             assert all((REPO / src).exists() for src in copy[:-1]), copy

@@ -51,7 +51,9 @@ def test_annotate_tagger_actor_killed(tmp_path, ray_local, annotate_mlflow, chec
 def test_annotate_driver_killed_then_rerun(tmp_path, ray_local, annotate_mlflow, check_record):
     from treasure.annotate.config import AnnotateConfig
 
-    ids = annotate_input(str(tmp_path / "normalized"), 60, rows_per_file=20)
+    # 150 shards: on a quiet machine 16 shards all finished within one 0.2 s poll, so the kill came
+    # after the end; this many leaves work to resume whatever the machine's speed.
+    ids = annotate_input(str(tmp_path / "normalized"), 600, rows_per_file=100)
     cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
         str(tmp_path / "normalized"), str(tmp_path / "annotated"), shard_rows=4))
     check_record(scenarios.annotate_driver_killed(ray_local, cfg, ids, {}))

@@ -62,7 +62,7 @@ def test_overload_fast_503_bounded_memory(ray_local, guarded, check_record):
 def test_replica_killed_under_load(ray_local, serve_http, tiny_checkpoint, check_record):
     from ray import serve
 
-    from serving.app import make_deployment
+    from treasure.serving.app import make_deployment
     from treasure.serving.config import ServeConfig
 
     name = f"reliability_replicas_{os.getpid()}"
@@ -83,7 +83,7 @@ def test_replica_killed_under_load(ray_local, serve_http, tiny_checkpoint, check
 def test_proxy_killed_under_load(ray_local, serve_http, tiny_checkpoint, check_record):
     from ray import serve
 
-    from serving.app import make_deployment
+    from treasure.serving.app import make_deployment
     from treasure.serving.config import ServeConfig
 
     name = f"reliability_proxy_{os.getpid()}"

@@ -1,6 +1,6 @@
 """Serving fixtures: a real Serve app on the shared local Ray, reachable over HTTP on 127.0.0.1.
 
-`serve_app(**overrides)` (module-scoped factory) deploys `serving.app:build_app` for the tiny
+`serve_app(**overrides)` (module-scoped factory) deploys `treasure.serving.app:build_app` for the tiny
 checkpoint with the given ServeConfig overrides and returns its base URL; the app is deleted when
 the module's tests are done. Reliability tests (issue 9) reuse it.
 """
@@ -38,7 +38,7 @@ def serve_app(serve_http, tiny_checkpoint):
     import httpx
     from ray import serve
 
-    from serving.app import build_app
+    from treasure.serving.app import build_app
 
     names = []
 

@@ -17,7 +17,7 @@ def test_serve_config_yaml_is_a_valid_deploy_config(repo):
     assert text.startswith("# Deploy") and "serve deploy serving/serve_config.yaml" in text
     schema = ServeDeploySchema.model_validate(yaml.safe_load(text))
     app = schema.applications[0]
-    assert app.import_path == "serving.app:build_app"
+    assert app.import_path == "treasure.serving.app:build_app"
     ServeConfig.model_validate(app.args)
     dep = app.deployments[0]
     assert dep.name == "TreasureServer" and dep.autoscaling_config["max_replicas"] >= 2
@@ -26,12 +26,12 @@ def test_serve_config_yaml_is_a_valid_deploy_config(repo):
 
 
 def test_build_app_parses_string_args_and_config_files(tmp_path):
-    from serving.app import build_app
+    from treasure.serving.app import build_app
 
     app = build_app({"checkpoint": "some/ckpt", "max_batch_size": "4", "num_cpus": "0.5"})
     assert app is not None
     cfg = tmp_path / "serve.yaml"
-    cfg.write_text("# .venv/bin/serve run serving.app:build_app config=serve.yaml\nserve:\n  checkpoint: x\n")
+    cfg.write_text("# .venv/bin/serve run treasure.serving.app:build_app config=serve.yaml\nserve:\n  checkpoint: x\n")
     assert build_app({"config": str(cfg), "max_tokens_limit": "256"}) is not None
     with pytest.raises(ConfigError, match="max_batch_size"):
         build_app({"checkpoint": "x", "max_batch_size": "0"})
@@ -53,7 +53,7 @@ def test_build_app_puts_no_secret_in_the_application(monkeypatch):
     (its args and options are what the dashboard shows)."""
     from ray import cloudpickle
 
-    from serving.app import build_app
+    from treasure.serving.app import build_app
 
     monkeypatch.setenv("TREASURE_CANARY_TOKEN", "canary-3c1f9e")
     app = build_app({"checkpoint": "runs/x", "auth_token_env": "TREASURE_CANARY_TOKEN"})

@@ -13,20 +13,10 @@ from ray import cloudpickle
 import tune_toy_rounds
 from treasure.cluster import PlacementError
 from treasure.config import ConfigError, load_config
-from treasure.tune import search
+from treasure.tune import command, search
 from treasure.tune.config import TuneConfig
 
 cloudpickle.register_pickle_by_value(tune_toy_rounds)  # Ray workers cannot import the tests folder
-
-
-def entry_point(repo):
-    """tuning/search.py as a module (the entry point is a script, not part of the package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tuning_search_entry", repo / "tuning" / "search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def toy_config(repo, tmp_path, name, grid, rounds, scheduler, extra=()):
@@ -61,7 +51,7 @@ def test_toy_search_asha_mlflow_registry_plot(repo, tmp_path, ray_local, tune_ml
     assert out["best"]["dropout.dataset_rate"] == 0.5
     assert out["metrics"]["trials_finished"] == 4 and out["metrics"]["trials_stopped_early"] == 1
     assert rows[0.1]["stopped_early"] and not any(rows[r]["stopped_early"] for r in (0.0, 0.4, 0.45, 0.5))
-    table = entry_point(repo).results_table(out["trials"], config).splitlines()
+    table = command.results_table(out["trials"], config).splitlines()
     assert len(table) == 2 + 5 and "| 0.5 | 0.5 | finished | 0.95 | 0.3333 | 0.95 |" in table[2]  # best first
     assert "stopped early (round 1)" in table[-1]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import random
 import sys
 import types
@@ -58,6 +59,9 @@ class _NumpyCompat(types.ModuleType):
 
 def compat() -> None:
     """Make `mathematics_dataset` importable and runnable with today's sympy and numpy (idempotent)."""
+    if importlib.util.find_spec("mathematics_dataset") is None:
+        raise FileNotFoundError("mathematics_dataset is not installed: `pip install 'treasure-hunt[demo]'` (Python 3.11; "
+                                "on 3.12+ the package cannot run: disable the mathematics source)")
     importlib.import_module("sympy.solvers.diophantine")
     dio = sys.modules["sympy.solvers.diophantine"]  # the package, not the function sympy re-exports
     if not hasattr(dio, "base_solution_linear"):

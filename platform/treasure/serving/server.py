@@ -2,7 +2,7 @@
 
 Loads the model and its taxonomy from a checkpoint (folder, s3:// or `models:/name/version`),
 turns validated requests into engine calls and engine output into API responses. The Ray Serve
-shell (`serving/app.py`) only adds routing, batching, streaming transport and health plumbing.
+shell (`treasure/serving/app.py`) only adds routing, batching, streaming transport and health plumbing.
 """
 
 from __future__ import annotations

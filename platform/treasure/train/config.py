@@ -34,6 +34,11 @@ class ModelConfig(StrictModel):
                                 "(kind=tiny); training on all of a large corpus costs minutes for little gain.")
     tokenizer_cache: str = Field("runs/tokenizers", description="Folder where BPE tokenizers are cached, one per "
                                  "(data manifest, vocab size, taxonomy), so baseline and marked share one.")
+    chat_template: str | None = Field(
+        None, description="Chat template for a model whose tokenizer has none (a base model), or to replace its own: "
+        "a Jinja file (HF chat_template syntax), `plain` (`<|user|>` / `<|assistant|>` text turns, eos ends each answer; "
+        "no new tokens) or `chatml` (needs `<|im_start|>` / `<|im_end|>` in the tokenizer already, as Qwen and SmolLM "
+        "base models have). Saved with the checkpoint's tokenizer, so serving uses the same one.")
 
     @field_validator("kind", mode="before")
     @classmethod

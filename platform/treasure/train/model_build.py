@@ -26,11 +26,43 @@ def load_tokenizer(model: ModelConfig, tokenizer_dir: str | None):
         tok = load_smollm2_tokenizer()
     else:
         tok = AutoTokenizer.from_pretrained(model.path)
+    if model.chat_template:
+        set_chat_template(tok, model.chat_template)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
-        raise ValueError(f"tokenizer of {model.kind} model {model.path or ''} has no chat template; markers go inside one")
+        raise ValueError(f"tokenizer of {model.kind} model {model.path or ''} has no chat template (a base model?); "
+                         "markers go inside one: set model.chat_template to plain, chatml or a Jinja file")
     return tok
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def set_chat_template(tok, template: str) -> None:
+    """Give `tok` the chat template `template` names (see ModelConfig.chat_template)."""
+    from treasure.train.tokenizer_bpe import CHAT_TEMPLATE
+
+    if template == "plain":
+        if tok.eos_token is None:
+            raise ValueError("model.chat_template=plain ends each answer with the eos token; this tokenizer has none")
+        tok.chat_template = CHAT_TEMPLATE
+    elif template == "chatml":
+        vocab = tok.get_vocab()
+        missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in vocab]
+        if missing:
+            raise ValueError(f"model.chat_template=chatml: the tokenizer has no {missing} token; adding tokens would "
+                             "need new embeddings, so use `plain` or a Jinja file written in this tokenizer's tokens")
+        tok.chat_template = CHATML
+        tok.eos_token = "<|im_end|>"  # the answer ends with it: generation must stop on it
+    else:
+        from pathlib import Path
+
+        path = Path(template)
+        if not path.is_file():
+            raise ValueError(f"model.chat_template={template!r} is neither plain, chatml nor a file")
+        tok.chat_template = path.read_text(encoding="utf-8")
 
 
 def tiny_llama_config(model: ModelConfig, tokenizer, max_length: int):
@@ -61,6 +93,8 @@ def build_model(model: ModelConfig, tokenizer, *, max_length: int, seed: int):
         lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
     if lm.config.pad_token_id is None:
         lm.config.pad_token_id = tokenizer.pad_token_id
+    if model.chat_template == "chatml" and lm.generation_config is not None:
+        lm.generation_config.eos_token_id = tokenizer.eos_token_id  # answers end with <|im_end|> now
     return lm
 
 

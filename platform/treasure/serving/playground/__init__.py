@@ -1,5 +1,5 @@
 """The marker playground: a static page (index.html, playground.js, playground.css beside this file)
-that serving/app.py serves at /playground/ (docs/serving.md#playground).
+that treasure/serving/app.py serves at /playground/ (docs/serving.md#playground).
 
 No build step and no external assets: the machines reach no CDN, so everything the page uses is in
 these three files. The page holds no secret and is served without auth; the API calls it makes

@@ -1,8 +1,8 @@
 """The Ray Serve application: HTTP routes over treasure.serving.server.ModelServer.
 
 Run (from the repository root, Ray started locally by `serve run`):
-    serve run serving.app:build_app checkpoint=runs/demo/checkpoints/marked
-    serve run serving.app:build_app checkpoint=runs/demo/checkpoints/marked max_batch_size=4 api_docs=true
+    serve run treasure.serving.app:build_app checkpoint=runs/demo/checkpoints/marked
+    serve run treasure.serving.app:build_app checkpoint=runs/demo/checkpoints/marked max_batch_size=4 api_docs=true
 Deploy on a running cluster with autoscaling: `serve deploy serving/serve_config.yaml`. (`config=FILE`
 reads the `serve:` section of a YAML file, with `key=value` arguments on top.)
 
@@ -309,7 +309,7 @@ class _BadBody(ValueError):
 def build_app(args: dict[str, Any]):
     """The Serve application for `args`: `config=<yaml with a serve: section>` plus ServeConfig overrides.
 
-    `serve run serving.app:build_app checkpoint=PATH` passes strings; a `serve deploy` config passes
+    `serve run treasure.serving.app:build_app checkpoint=PATH` passes strings; a `serve deploy` config passes
     its `args:` mapping. With auth on, each replica reads the token from its own process environment
     (the Ray node's); nothing secret is put in the application or its runtime env, which the
     dashboard shows.

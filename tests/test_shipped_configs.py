@@ -13,12 +13,13 @@ TUNE_CONFIGS = sorted((REPO / "tuning" / "configs").glob("*.yaml"))
 def test_every_yaml_is_covered():
     """New YAML under these folders must be added to a test below (or to its area's tests)."""
     names = {p.name for p in PIPELINE_CONFIGS}
-    assert {"demo.yaml", "paper.yaml", "ci.yaml", "taxonomy_demo.yaml"} <= names
-    assert names - {"demo.yaml", "paper.yaml", "ci.yaml", "taxonomy_demo.yaml"} == set(), names
+    shipped = {"demo.yaml", "paper.yaml", "ci.yaml", "single_gpu.yaml", "taxonomy_demo.yaml"}
+    assert shipped <= names
+    assert names - shipped == set(), names
     assert {p.name for p in TUNE_CONFIGS} >= {"demo.yaml"}
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml", "ci.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml", "ci.yaml", "single_gpu.yaml"])
 def test_pipeline_configs_load_and_are_wired(name):
     from treasure.config import load_config
     from treasure.pipeline import PipelineConfig
@@ -78,3 +79,15 @@ def test_evaluation_asks_only_what_the_trained_block_holds(name):
     ev = stages["evaluate"]
     asked = {*ev.categories.inference_categories, *ev.categories.adherence_categories, ev.length_control.length_marker}
     assert asked & set(taxonomy.names) <= set(taxonomy.block_names), (sorted(asked - set(taxonomy.block_names)), taxonomy.block_names)
+
+
+def test_single_gpu_recipe_is_one_gpu_lora_bf16_and_vllm():
+    from treasure.config import load_config
+    from treasure.pipeline import PipelineConfig
+
+    stages = load_config(PipelineConfig, REPO / "pipelines" / "configs" / "single_gpu.yaml").stage_configs()
+    train, evaluate = stages["train_marked"], stages["evaluate"]
+    assert train.use_gpu and train.num_workers == 1 and train.lora.enabled and train.precision == "bf16"
+    assert train.model.kind == "hf" and "/" in train.model.path  # a Hub id
+    assert evaluate.generation.backend == "vllm" and evaluate.generation.dtype == "bfloat16"
+    assert evaluate.generation.gpus_per_actor == 1 and stages["annotate"].tagger.engine == "vllm"

@@ -172,9 +172,18 @@ def register(summaries: dict[str, dict], alias: str) -> dict:
     if not name or not version:
         return {"skipped": "the marked training run registered no model version"}
     client = MlflowClient(tracking_uri())
-    for key, value in headline(summaries).items():
+    figures = headline(summaries)
+    for key, value in figures.items():
         client.set_model_version_tag(name, str(version), f"eval.{key}", str(value))
     client.set_registered_model_alias(name, alias, str(version))
+    # The model card with the evaluation figures: the checkpoint's own card was committed before them.
+    from treasure.models.checkpoint import read_checkpoint
+    from treasure.models.model_card import render
+
+    info = read_checkpoint(marked["output"])
+    card = render(info.meta, info.taxonomy, name=name, metrics=marked.get("metrics"), evaluation=figures,
+                  lineage={"checkpoint": marked["output"]})
+    client.update_model_version(name, str(version), description=card)
     return {"registered_model": name, "model_version": version, "alias": alias}
 
 

@@ -45,9 +45,16 @@ def test_marked_model_to_s3_loads_with_transformers(ray_local, tiny_train_config
     artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "model/artifacts/checkpoint")}
     assert {f"model/artifacts/checkpoint/{f}" for f in ("model.safetensors", "taxonomy.yaml", "treasure.json")} <= artifacts
     assert "model/MLmodel" in {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "model")}
-    # Idempotent: the same config returns the committed summary without training again.
-    again = run(tiny_train_config(markers=True, output=f"{s3_bucket}/marked"))
+    card = (info.local_dir / "README.md").read_text()  # the model card, committed with the checkpoint
+    assert "library_name: transformers" in card and f"version `{info.taxonomy.version}`" in card
+    assert "| length_bucket | concise, medium, long | yes |" in card and "final_loss" in card
+    assert version.description == card
+    # Idempotent: the same config returns the committed summary without training again; a push target
+    # does not change what is trained, so it ships the committed checkpoint.
+    again = run(tiny_train_config(markers=True, output=f"{s3_bucket}/marked", push_to_hub=str(tmp_path / "pushed")))
     assert again["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert {"model.safetensors", "README.md", "taxonomy.yaml"} <= set(again["pushed"]["files"])
+    assert "train_state.pt" not in again["pushed"]["files"] and _generates(tmp_path / "pushed")
     from treasure.train.stage import _trainer
 
     trainer = _trainer(cfg, None, {}, "probe")  # what Ray pickles to the workers: the run config's filesystem

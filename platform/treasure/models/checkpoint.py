@@ -47,6 +47,8 @@ STEP_DIR = re.compile(STEP_DIR_PREFIX + r"(\d+)$")
 REGISTRY_SCHEME = "models:/"  # MLflow model registry URIs: models:/<name>/<version>
 MODEL_PATH = "model"  # a run's MLflow model (treasure.models.mlflow_model): MLmodel, code/, artifacts/
 MODEL_ARTIFACT = "checkpoint"  # the checkpoint's key among that model's artifacts (MLmodel names its folder)
+ADAPTER_DIR = "adapter"  # LoRA runs: the adapter alone (peft's adapter_config.json + adapter_model.safetensors)
+MODEL_CARD = "README.md"  # the model card (treasure.models.model_card), as the Hugging Face Hub reads it
 CACHE_COMPLETE = ".treasure-cache-complete"  # written last into a downloaded copy: the copy is whole
 
 

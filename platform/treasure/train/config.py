@@ -84,6 +84,11 @@ class TrainConfig(StrictModel):
     registered_model: str | None = Field(None, description="MLflow registered model name; default "
                                          "treasure-marked / treasure-baseline.")
     register: bool = Field(True, description="Register the checkpoint as a new MLflow model version (tuning trials turn it off).")
+    push_to_hub: str | None = Field(
+        None, description="After publishing, send the model (HF folder, taxonomy, model card) to `hf://<org>/<name>` "
+        "(a private Hub repo; token from HF_TOKEN) or to a folder / s3:// URI (treasure.models.export).")
+    push_adapter_only: bool = Field(False, description="With push_to_hub on a LoRA run: send the adapter alone "
+                                    "(peft format, loads on the base model), not the merged weights.")
     seed: int = Field(0, ge=0, description="Seed of model init, data order and marker dropout.")
     taxonomy: str = Field("paper", description="Taxonomy (builtin name or YAML path); must match the dataset's.")
     markers: bool = Field(True, description="Train with the marker template; off = the baseline.")

@@ -157,7 +157,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from treasure.train.config import TrainConfig
     from treasure.train.data_step import batch_order, collate, format_epoch, load_examples
     from treasure.train.completion_loss import CompletionLM, supports_completion_logits
-    from treasure.train.model_build import add_lora, build_model, resolve_precision
+    from treasure.train.model_build import add_lora, build_model, fsdp_kwargs, resolve_precision
 
     # --- setup: config, taxonomy, tokenizer, this worker's shard ---------------------------------
     cfg = TrainConfig.model_validate(loop_config["train"])
@@ -188,7 +188,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if state is not None:
             lm.load_state_dict(state["adapter"], strict=False)
     completion_only = cfg.completion_logits and supports_completion_logits(lm)
-    model = ray.train.torch.prepare_model(CompletionLM(lm) if completion_only else lm, parallel_strategy=cfg.strategy)
+    model = ray.train.torch.prepare_model(CompletionLM(lm) if completion_only else lm, parallel_strategy=cfg.strategy,
+                                          parallel_strategy_kwargs=fsdp_kwargs(lm) if cfg.strategy == "fsdp" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(

@@ -128,6 +128,29 @@ def add_lora(lm, lora: LoraConfig):
     return get_peft_model(lm, cfg)
 
 
+def block_classes(lm) -> set[type]:
+    """The transformer block classes of `lm` (peft-wrapped or not), from HF's `_no_split_modules`."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    return {type(m) for m in base.modules() if type(m).__name__ in names}
+
+
+def fsdp_kwargs(lm) -> dict:
+    """FSDP's arguments for `lm`: every transformer block its own unit, so a rank gathers one block's
+    parameters at a time instead of the whole model (the default wraps the model as one unit).
+    `use_orig_params` keeps LoRA's frozen and trainable parameters apart inside a unit."""
+    import functools
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    classes = block_classes(lm)
+    if not classes:
+        raise ValueError(f"{type(lm).__name__} names no transformer block class (_no_split_modules): FSDP would "
+                         "shard it as one unit; use strategy: ddp")
+    return {"auto_wrap_policy": functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=classes),
+            "use_orig_params": True}
+
+
 def count_parameters(lm) -> int:
     """Parameters N for the MFU formula (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())

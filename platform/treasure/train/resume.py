@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from treasure.models.checkpoint import META, TAXONOMY, TRAIN_STATE
+from treasure.models.checkpoint import ADAPTER_DIR, META, TAXONOMY, TRAIN_STATE
 
 
 def quality_reference(rows: list[dict[str, Any]], percentile: float = 95.0) -> dict[str, float]:
@@ -67,11 +67,14 @@ def model_state_dict(model, strategy: str) -> dict | None:
 
 
 def save_model(model, tokenizer, folder: Path, *, state_dict: dict | None = None) -> None:
-    """HF folder loadable by plain transformers; LoRA adapters are merged into a copy first."""
+    """HF folder loadable by plain transformers; LoRA adapters are merged into a copy first and also
+    saved alone under `adapter/` (peft format: `PeftModel.from_pretrained(base, folder/"adapter")`)."""
     import copy
 
     lm = unwrapped(model)
     if hasattr(lm, "merge_and_unload"):  # peft: plain transformers cannot load adapters on their own
+        if state_dict is None:  # the adapter alone too (FSDP gathers one full state dict instead: merged only)
+            lm.save_pretrained(folder / ADAPTER_DIR)
         lm = copy.deepcopy(lm).merge_and_unload()
     if state_dict is not None:
         lm.save_pretrained(folder, state_dict=state_dict)

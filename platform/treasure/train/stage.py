@@ -21,7 +21,7 @@ from treasure import storage
 from treasure.heldout import is_heldout
 from treasure.taxonomy import load_taxonomy
 from treasure.template import render_completion, render_prompt
-from treasure.models.checkpoint import MODEL_ARTIFACT, MODEL_PATH, RAY_DIR, TAXONOMY, TRAIN_STATE
+from treasure.models.checkpoint import META, MODEL_ARTIFACT, MODEL_CARD, MODEL_PATH, RAY_DIR, TAXONOMY, TRAIN_STATE
 from treasure.train.resume import quality_reference
 from treasure.train.config import TrainConfig
 from treasure.train.tokenizer_bpe import cache_key, cached_bpe, chat_text
@@ -30,8 +30,8 @@ COLUMNS = ["id", "prompt", "response", "language", "markers"]
 
 
 def _config_key(config: TrainConfig) -> dict:
-    """The config as recorded for idempotency (`force` does not change what is trained)."""
-    return config.model_dump(mode="json", exclude={"force"})
+    """The config as recorded for idempotency (`force` and where a copy is pushed do not change what is trained)."""
+    return config.model_dump(mode="json", exclude={"force", "push_to_hub", "push_adapter_only"})
 
 
 def _read_dataset(config: TrainConfig, taxonomy):
@@ -124,16 +124,35 @@ def _download(checkpoint) -> Path:
 
 
 def _publish(config: TrainConfig, local: Path, extra: dict) -> dict:
-    """Copy the checkpoint files to `output`, then commit its manifest (last)."""
+    """Copy the checkpoint files (the LoRA `adapter/` folder included) to `output`, then commit its manifest (last)."""
     files = []
-    for f in sorted(local.iterdir()):
-        target = storage.join(config.output, f.name)
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        target = storage.join(config.output, f.relative_to(local).as_posix())
         storage.write_bytes(target, f.read_bytes())
         files.append(target)
     return storage.commit_manifest(config.output, files, extra)
 
 
-def _register(run_id: str, name: str, taxonomy, markers: bool) -> str:
+def _write_card(config: TrainConfig, local: Path, taxonomy, metrics: dict, lineage: dict) -> str:
+    """The model card (README.md) written into the checkpoint before it is published; returns its text."""
+    from treasure.models.model_card import render
+
+    card = render(json.loads((local / META).read_text()), taxonomy, name=config.model_name, metrics=metrics,
+                  lineage=lineage)
+    (local / MODEL_CARD).write_text(card, encoding="utf-8")
+    return card
+
+
+def _push(config: TrainConfig, summary: dict) -> dict:
+    """push_to_hub: the published checkpoint (or its adapter) sent to the configured target."""
+    if config.push_to_hub:
+        from treasure.models.export import export
+
+        summary["pushed"] = export(config.output, config.push_to_hub, adapter_only=config.push_adapter_only)
+    return summary
+
+
+def _register(run_id: str, name: str, taxonomy, markers: bool, card: str = "") -> str:
     """A registered model version whose source is the run's checkpoint artifact; taxonomy as tags."""
     import mlflow
     from mlflow import MlflowClient
@@ -146,7 +165,7 @@ def _register(run_id: str, name: str, taxonomy, markers: bool) -> str:
         if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
             raise
     source = f"{mlflow.get_run(run_id).info.artifact_uri}/{MODEL_PATH}"
-    mv = client.create_model_version(name, source=source, run_id=run_id, tags={
+    mv = client.create_model_version(name, source=source, run_id=run_id, description=card, tags={
         "taxonomy_version": taxonomy.version, "taxonomy_file": f"{MODEL_PATH}/artifacts/{MODEL_ARTIFACT}/{TAXONOMY}",
         "markers": str(markers).lower()})
     return mv.version
@@ -159,7 +178,7 @@ def run(config: TrainConfig, *, parent_run_id: str | None = None) -> dict:
 
     done = storage.read_manifest(config.output)
     if done is not None and done.get("config") == _config_key(config) and not config.force:
-        return {**done["summary"], "manifest_id": done["manifest_id"]}
+        return _push(config, {**done["summary"], "manifest_id": done["manifest_id"]})
     _check_resources(config)
     if done is not None:  # retraining into a committed folder: uncommit first, so no reader mixes old and new files
         storage.delete(storage.join(config.output, storage.MANIFEST))
@@ -202,11 +221,12 @@ def run(config: TrainConfig, *, parent_run_id: str | None = None) -> dict:
         extra = {"config": _config_key(config), "markers": config.markers, "taxonomy_version": taxonomy.version,
                  "data_manifest_id": data_manifest_id, "step": metrics["steps"]}
         local = _download(result.checkpoint)
+        card = _write_card(config, local, taxonomy, metrics, lineage)
         from treasure.models.mlflow_model import log_model
 
-        log_model(run_id, local)  # a real MLflow model (pyfunc) holding the checkpoint
+        log_model(run_id, local)  # a real MLflow model (pyfunc) holding the checkpoint and its card
         if config.register:
-            summary["model_version"] = _register(run_id, config.model_name, taxonomy, config.markers)
+            summary["model_version"] = _register(run_id, config.model_name, taxonomy, config.markers, card)
         manifest = _publish(config, local, {**extra, "summary": summary})
         summary["manifest_id"] = manifest["manifest_id"]
-    return summary
+    return _push(config, summary)

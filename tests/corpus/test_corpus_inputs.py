@@ -191,3 +191,38 @@ def test_stage_reads_a_glob_on_ray_data_like_the_in_memory_normalizer(tmp_path, 
     assert len(manifest["lineage"]["sources"]["mix"]["files"]) == 8 and summary["metrics"]["rows"] == 200
     assert [f["path"] for f in manifest["files"]] == ["data/part-00000.parquet", "data/part-00001.parquet",
                                                       "errors/part-00000.parquet"]
+
+
+def test_stage_reads_messages_shards_and_a_parquet_folder(tmp_path, mlflow_store, ray_local):
+    """Issue 15's case: a glob of three JSONL shards of OpenAI chats and a folder of Parquet parts."""
+    from treasure.corpus.stage import run
+
+    shards = tmp_path / "in" / "chats"
+    shards.mkdir(parents=True)
+    for s in range(3):
+        chats = [{"messages": [{"role": "user", "content": f"Shard {s} question {k}?"},
+                               {"role": "assistant", "content": f"Shard {s} answer {k}."},
+                               {"role": "user", "content": "And why?"}, {"role": "assistant", "content": f"Because {s}{k}."}]}
+                 for k in range(4)]
+        chats.append({"messages": [{"role": "user", "content": "unanswered"}]})  # no exchange: an error row
+        (shards / f"shard-{s}.jsonl").write_bytes(jsonl(chats))
+    folder = tmp_path / "in" / "table"
+    folder.mkdir()
+    for part in range(2):
+        pq.write_table(pa.table({"instruction": [f"Parquet {part}-{k}" for k in range(3)],
+                                 "output": [f"Out {part}-{k}" for k in range(3)]}), folder / f"part-{part}.parquet")
+    config = NormalizeConfig.model_validate({
+        "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "experiment": "corpus-tests",
+        "sources": {"chats": {"type": "file", "path": "chats/shard-*.jsonl", "shape": "messages", "turns": "every"},
+                    "table": {"type": "file", "path": "table", "prompt": ["instruction"], "response": "output"}}})
+    run(config)
+    manifest = storage.read_manifest(str(tmp_path / "out"))
+    assert manifest["rows_per_source"] == {"chats": 24, "table": 6} and manifest["errors_per_source"] == {"chats": 3, "table": 0}
+    assert manifest["records_per_source"] == {"chats": 27, "table": 6}  # 2 exchanges x 12 chats + 3 bad, 6 rows
+    rows = pq.read_table(storage.join(str(tmp_path / "out"), "data")).to_pylist()
+    second = next(r for r in rows if r["response"] == "Because 12.")
+    assert second["prompt"] == "User: Shard 1 question 2?\n\nAssistant: Shard 1 answer 2.\n\nUser: And why?"
+    assert [r["prompt"] for r in rows if r["source"] == "table"] == [f"Parquet {p}-{k}" for p in range(2) for k in range(3)]
+    errors = pq.read_table(storage.join(str(tmp_path / "out"), "errors")).to_pylist()
+    assert [(e["record"], e["reason"]) for e in errors] == [
+        (f"shard-{s}.jsonl:5", "no user turn followed by an assistant turn") for s in range(3)]

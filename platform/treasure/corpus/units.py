@@ -6,11 +6,15 @@ driver. A unit's output is a stream of Arrow tables of `UNIT_SCHEMA`: one `row` 
 record, one `error` per rejected record, then one `meta` row with the unit's lineage and stats, so
 every record a unit read is in its output exactly once.
 
+>>> import pathlib, tempfile
 >>> from treasure.corpus.config import NormalizeConfig
->>> units = plan(NormalizeConfig(sources={"m": {"type": "mathematics", "count": 3}}))
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (root / "a.jsonl").write_text('{"q": "1+1?", "a": "2"}\\n{"q": "2+2?"}\\n{"q": "3+3?", "a": "6"}')
+>>> units = plan(NormalizeConfig(input=str(root), sources={"u": {"type": "file", "path": "*.jsonl", "prompt": ["q"],
+...                                                              "response": "a"}}))
 >>> tables = list(unit_tables(units[0], batch_rows=2))
 >>> [t.column("kind").to_pylist() for t in tables]
-[['row', 'row'], ['row', 'meta']]
+[['row', 'error'], ['row', 'meta']]
 """
 
 from __future__ import annotations

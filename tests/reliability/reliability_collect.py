@@ -27,7 +27,7 @@ EXTERNAL = {  # node id prefix -> (scenario, injected, expected)
         "the stream ends within 1 s with an engine_error event (an incident id, no exception text) and [DONE]"),
     "tests/serving/test_serving_vllm.py::test_client_disconnect_aborts_the_request_in_the_engine": (
         "serving: client leaves mid-stream", "the client drops the connection after 4 of ~500 tokens",
-        "the engine's running requests return to 0 within 2 s"),
+        "the engine's running requests return to 0 within 1 s"),
     "tests/serving/test_serving_http.py::test_deeply_nested_json_is_422_on_every_endpoint": (
         "abuse: deeply nested JSON", "a 2 KB body of 1,000 nested arrays on every POST endpoint", "422, never a 500"),
     "tests/serving/test_serving_vllm.py::test_a_5000_digit_number_is_422_not_500": (

@@ -140,7 +140,7 @@ def test_client_disconnect_aborts_the_request_in_the_engine(base):
             while _running(base) and time.perf_counter() - gone < 10:
                 time.sleep(0.05)
             assert _running(base) == 0
-            assert time.perf_counter() - gone < 2.0
+            assert time.perf_counter() - gone < 1.0  # the target: the engine stops within 1 s
 
 
 def test_engine_failure_ends_the_stream_with_an_error_event_within_a_second(base):

@@ -68,36 +68,41 @@ def json_array_records(data: bytes, name: str) -> Iterator[Parsed]:
         yield _as_record(f"{name}[{index}]", obj)
 
 
-def parquet_records(data: bytes, name: str) -> Iterator[Parsed]:
-    """One record per Parquet row, labelled `name[<row>]`; an unreadable file is one error row."""
+def _table_records(read, data: bytes, name: str, kind: str) -> Iterator[Parsed]:
+    """One record per row of the Arrow table `read(buffer)` gives, labelled `name[<row>]`; an
+    unreadable file is one error row."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(pa.BufferReader(data)).to_pylist()
+        rows = read(pa.BufferReader(data)).to_pylist()
     except (pa.ArrowException, OSError) as e:
-        yield Rejected(name, f"unreadable Parquet file: {e}", "")
+        yield Rejected(name, f"unreadable {kind} file: {e}", "")
         return
     for index, obj in enumerate(rows):
         yield _as_record(f"{name}[{index}]", obj)
+
+
+def parquet_records(data: bytes, name: str) -> Iterator[Parsed]:
+    """One record per Parquet row, labelled `name[<row>]`; an unreadable file is one error row."""
+    import pyarrow.parquet as pq
+
+    return _table_records(pq.read_table, data, name, "Parquet")
+
+
+def _read_arrow_ipc(buffer):
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.open_stream(buffer).read_all()
+    except pa.ArrowInvalid:  # the IPC file format, not the stream format
+        buffer.seek(0)
+        return pa.ipc.open_file(buffer).read_all()
 
 
 def arrow_records(data: bytes, name: str) -> Iterator[Parsed]:
     """One record per row of an Arrow IPC stream (what HF `datasets` `save_to_disk` writes as
     `data-*.arrow`; the file format is read too), labelled `name[<row>]`."""
-    import pyarrow as pa
-
-    try:
-        try:
-            table = pa.ipc.open_stream(pa.BufferReader(data)).read_all()
-        except pa.ArrowInvalid:
-            table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
-        rows = table.to_pylist()
-    except (pa.ArrowException, OSError) as e:
-        yield Rejected(name, f"unreadable Arrow file: {e}", "")
-        return
-    for index, obj in enumerate(rows):
-        yield _as_record(f"{name}[{index}]", obj)
+    return _table_records(_read_arrow_ipc, data, name, "Arrow")
 
 
 def csv_records(data: bytes, name: str) -> Iterator[Parsed]:

@@ -45,3 +45,9 @@ def test_every_subcommand_parses_its_arguments(argv, capsys):
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 0 and f"usage: treasure {argv[0]}" in capsys.readouterr().out
+
+
+def test_serve_is_serve_run_on_the_package_app(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0 and "Usage: treasure serve [OPTIONS] CONFIG_OR_IMPORT_PATH" in capsys.readouterr().out

@@ -42,7 +42,7 @@ def serve(argv: list[str]) -> int:
     from ray.serve.scripts import cli
 
     # click takes options anywhere among the arguments: `treasure serve checkpoint=X --address auto`
-    return cli.main(["run", "treasure.serving.app:build_app", *argv], prog_name="treasure serve") or 0
+    return cli.commands["run"].main(["treasure.serving.app:build_app", *argv], prog_name="treasure serve") or 0
 
 
 def main(argv: list[str] | None = None) -> int:

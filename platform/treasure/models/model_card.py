@@ -25,8 +25,13 @@ import yaml
 
 
 def _base_model(config: dict) -> str | None:
+    """The base model as the Hub names it (the packaged SmolLM2 is HuggingFaceTB/SmolLM2-135M-Instruct)."""
+    from treasure.models.packaged import PACKAGED_SMOLLM2
+
     model = config.get("model", {})
-    return model.get("path") if model.get("kind") == "hf" else None
+    if model.get("kind") != "hf":
+        return None
+    return "HuggingFaceTB/SmolLM2-135M-Instruct" if model.get("path") == PACKAGED_SMOLLM2 else model.get("path")
 
 
 def _cell(value: Any) -> str:

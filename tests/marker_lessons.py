@@ -1,6 +1,6 @@
 """Tiny real models that have learnt three lessons by heart, for tests that must see markers steer:
 a 2-layer Llama on the project's BPE tokenizer, fitted in seconds to marker templates rendered by the
-project's own formatting (treasure.formatting), saved in the checkpoint layout. The marked one writes
+project's own formatting (treasure.chat_format), saved in the checkpoint layout. The marked one writes
 a marker block and answers at the length its length_bucket asks for; the baseline has no markers.
 Used by the playground browser test and the MLflow model tests.
 """
@@ -30,7 +30,7 @@ def train_lessons(out, taxonomy, markers: bool, steps: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from treasure.formatting import format_example, marker_turns
+    from treasure.chat_format import format_example, marker_turns
     from treasure.train.tokenizer_bpe import chat_text, train_bpe
 
     pairs = []

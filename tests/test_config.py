@@ -54,7 +54,7 @@ def test_override_into_non_section_fails():
 def test_core_imports_no_ray():
     """The marker core is pure: importing it must not pull in Ray."""
     code = (
-        "import sys; import treasure.taxonomy, treasure.template, treasure.dropout, treasure.formatting, "
+        "import sys; import treasure.taxonomy, treasure.template, treasure.dropout, treasure.chat_format, "
         "treasure.config, treasure.storage; print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

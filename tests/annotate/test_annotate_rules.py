@@ -1,7 +1,7 @@
 """Rule annotators: spaCy lengths per language, paragraphs, buckets, formats and code types."""
 
-from treasure.annotate.formats import detect_code_type, detect_format
-from treasure.annotate.rules import count_paragraphs, length_markers
+from treasure.annotators.response_format import detect_code_type, detect_format
+from treasure.annotators.rules import count_paragraphs, length_markers
 from treasure.taxonomy import load_taxonomy
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import treasure.corpus.conversations
-import treasure.corpus.formats
+import treasure.corpus.readers
 import treasure.corpus.normalize
 import treasure.corpus.schema
 import treasure.corpus.units
@@ -20,7 +20,7 @@ from treasure.corpus.sources import read_file_source
 
 
 def test_docstring_examples():
-    for module in (treasure.corpus.schema, treasure.corpus.normalize, treasure.corpus.formats,
+    for module in (treasure.corpus.schema, treasure.corpus.normalize, treasure.corpus.readers,
                    treasure.corpus.conversations, treasure.corpus.units):
         assert doctest.testmod(module).failed == 0, module.__name__
 

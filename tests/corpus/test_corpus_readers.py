@@ -108,7 +108,7 @@ def test_chitchat_reads_a_file_in_the_package_format(tmp_path):
 
 
 def test_hostile_json_lines_are_error_rows_not_an_aborted_stage():
-    from treasure.corpus.formats import json_array_records, jsonl_records
+    from treasure.corpus.readers import json_array_records, jsonl_records
     from treasure.corpus.schema import Rejected
 
     lines = b'{"a": 1}\n' + b"[" * 5000 + b"]" * 5000 + b'\n{"n": ' + b"9" * 5000 + b'}\n{"b": 2}\n'

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from treasure.formatting import format_example
+from treasure.chat_format import format_example
 from treasure.train.config import ModelConfig
 from treasure.train.model_build import load_tokenizer
 from treasure.train.tokenizer_bpe import train_bpe

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from treasure.formatting import IGNORE_INDEX
+from treasure.chat_format import IGNORE_INDEX
 from treasure.train.completion_loss import CompletionLM, full_logits_loss, supports_completion_logits
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from treasure.dropout import DropoutConfig
-from treasure.formatting import IGNORE_INDEX
+from treasure.chat_format import IGNORE_INDEX
 from treasure.template import split_output, split_prompt
 from treasure.train.data_step import batch_order, collate, completion_tokens, format_epoch, load_examples
 from treasure.train.loop import lr_multiplier

@@ -10,7 +10,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from treasure.annotate import formats, langid, rules
+from treasure.annotators import langid, rules
+from treasure.annotators import response_format as formats
 from treasure.annotate.config import AnnotateConfig
 from treasure.annotate.merge import Candidate, prov
 from treasure.annotate.metadata import metadata_markers

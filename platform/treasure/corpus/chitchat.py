@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from treasure.corpus.config import ChitchatSource
-from treasure.corpus.formats import decode
+from treasure.corpus.readers import decode
 from treasure.corpus.schema import Candidate, Rejected
 from treasure.corpus.sources import BadRecord, Item, SourceInput, raw_json, read_file, resolve
 

@@ -34,7 +34,7 @@ FENCE = "```"
 
 def _units(text: str, language: str | None) -> list[tuple[int, int, int]]:
     """(start, end, words) of each sentence of each line of `text`, in order."""
-    from treasure.annotate.rules import count_words_sentences, pipeline
+    from treasure.annotators.rules import count_words_sentences, pipeline
 
     nlp = pipeline(language)
     out = []

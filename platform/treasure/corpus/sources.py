@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Union
 from treasure import storage
 from treasure.corpus.config import AlpacaZhSource, ArenaHardSource, FileSource, SelfInstructSource
 from treasure.corpus import conversations
-from treasure.corpus.formats import format_of, records
+from treasure.corpus.readers import format_of, records
 from treasure.corpus.schema import BadRecord, Candidate, Rejected
 
 Item = Union[Candidate, Rejected]

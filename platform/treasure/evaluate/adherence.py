@@ -35,21 +35,21 @@ def is_length(category: str) -> bool:
 def reannotate(answer: str, category: str, language: str | None, taxonomy: Taxonomy) -> str | None:
     """The value the annotators give `answer` for `category` (None: no value, e.g. plain prose)."""
     if category.startswith("length_"):
-        from treasure.annotate.rules import length_markers
+        from treasure.annotators.rules import length_markers
 
         bucket = taxonomy.category("length_bucket") if "length_bucket" in taxonomy.names else None
         value = length_markers([answer], language or None, bucket)[0].get(category)
         return None if value is None else str(value)
     if category == "language":
-        from treasure.annotate.langid import identify
+        from treasure.annotators.langid import identify
 
         return identify(answer)[0] if answer.strip() else None
     if category == "format":
-        from treasure.annotate.formats import detect_format
+        from treasure.annotators.response_format import detect_format
 
         return detect_format(answer)
     if category == "code_type":
-        from treasure.annotate.formats import detect_code_type
+        from treasure.annotators.response_format import detect_code_type
 
         return detect_code_type(answer)
     raise ValueError(f"no rule annotator re-annotates {category!r}; adherence supports {', '.join(REANNOTATED)}")
@@ -57,7 +57,7 @@ def reannotate(answer: str, category: str, language: str | None, taxonomy: Taxon
 
 def word_count(answer: str, language: str | None) -> int:
     """Words as annotation counts length_tokens."""
-    from treasure.annotate.rules import length_markers
+    from treasure.annotators.rules import length_markers
 
     return int(length_markers([answer], language or None, None)[0]["length_tokens"])
 

@@ -141,7 +141,7 @@ class TransformersEngine:
         self.context = config.max_model_len or int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     def chat_text(self, user_turn: str) -> str:
-        from treasure.formatting import chat_prompt_text
+        from treasure.chat_format import chat_prompt_text
 
         return chat_prompt_text(self.tokenizer, user_turn)
 
@@ -272,7 +272,7 @@ def _with_prefix(prefix: str, deltas: Iterator[str]) -> Iterator[str]:
 
 def prompt_token_ids(tokenizer, user_turn: str, prefix: str = "") -> list[int]:
     """Chat-templated user turn, then the assistant prefix, each tokenized on its own (as in training)."""
-    from treasure.formatting import chat_prompt_text
+    from treasure.chat_format import chat_prompt_text
 
     ids = tokenizer(chat_prompt_text(tokenizer, user_turn), add_special_tokens=False)["input_ids"]
     return ids + (tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
@@ -348,7 +348,7 @@ class VLLMEngine:
         self.context = config.max_model_len or self.llm.llm_engine.model_config.max_model_len
 
     def chat_text(self, user_turn: str) -> str:
-        from treasure.formatting import chat_prompt_text
+        from treasure.chat_format import chat_prompt_text
 
         return chat_prompt_text(self.tokenizer, user_turn)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from treasure.formatting import IGNORE_INDEX
+from treasure.chat_format import IGNORE_INDEX
 
 
 def supports_completion_logits(lm) -> bool:

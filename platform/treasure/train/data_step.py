@@ -1,7 +1,7 @@
 """The data step (pure, no Ray): annotated rows → per-epoch formatted, tokenized, padded batches.
 
 Each epoch re-draws prompt-side marker dropout from (seed, example id, epoch) (treasure.dropout),
-renders the turns (treasure.formatting), tokenizes once for the whole epoch, and groups examples
+renders the turns (treasure.chat_format), tokenizes once for the whole epoch, and groups examples
 of similar length into batches (less padding) in an order fixed by (seed, epoch). Resuming at
 (epoch, batch index) therefore replays the very same batches and draws.
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from treasure.dropout import DropoutConfig, draw_prompt_markers
-from treasure.formatting import IGNORE_INDEX, chat_prompt_text, format_example, marker_turns
+from treasure.chat_format import IGNORE_INDEX, chat_prompt_text, format_example, marker_turns
 from treasure.taxonomy import Taxonomy
 
 # Batches are formed inside windows of this many batches sorted by length: less padding, still shuffled.

@@ -34,7 +34,7 @@ def band_groups(rows: list, bands: dict[str, dict[str, str]], categories: list[s
 def completion_loss(model, tokenizer, taxonomy, rows: list, *, max_length: int, batch_size: int = 16) -> tuple[float, int]:
     """(sum of completion-token losses, tokens) with no prompt markers; (0.0, 0) for no rows."""
     from treasure.dropout import DropoutConfig
-    from treasure.formatting import IGNORE_INDEX
+    from treasure.chat_format import IGNORE_INDEX
     from treasure.models.loglik import continuation_logprobs
     from treasure.train.data_step import format_epoch
 

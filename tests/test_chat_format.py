@@ -5,15 +5,15 @@ import doctest
 import pytest
 
 import treasure.dropout
-import treasure.formatting
+import treasure.chat_format
 import treasure.template
 from treasure.dropout import DropoutConfig, draw_prompt_markers
-from treasure.formatting import IGNORE_INDEX, format_example, marker_turns
+from treasure.chat_format import IGNORE_INDEX, format_example, marker_turns
 
 MARKERS = {"task": "CreativeWriting", "domain": "Legal", "language": "Spanish", "length_bucket": "concise"}
 
 
-@pytest.mark.parametrize("module", [treasure.formatting, treasure.template, treasure.dropout])
+@pytest.mark.parametrize("module", [treasure.chat_format, treasure.template, treasure.dropout])
 def test_docstring_examples_hold_verbatim(module):
     result = doctest.testmod(module, verbose=False)
     assert result.attempted > 0 and result.failed == 0

@@ -75,7 +75,7 @@ def run_arm(arm: str, folder: Path, rows: list[dict], max_tokens: int, taxonomy)
     engine = EngineConfig(model=str(folder), backend=arm, batch_size=32, dtype=auto_dtype(arm))
     t0 = time.perf_counter()
     out = generate_rows(rows, {"m": engine}, {"m": False}, SamplingParams(max_tokens=max_tokens), taxonomy,
-                        num_actors=1, cpus_per_actor=2.0, batch_size=32)
+                        pool=Pool(num_cpus=2.0), batch_size=32)
     wall = time.perf_counter() - t0
     tokens = sum(int(r["completion_tokens"]) for r in out)
     return {"arm": arm, "dtype": engine.dtype, "wall_s": round(wall, 1), "tokens": tokens,

@@ -46,7 +46,7 @@ def annotate_config(categories: list[str]):
     return AnnotateConfig.model_validate({
         "input": "unused", "output": "unused", "taxonomy": "paper",
         "tagger": {"engine": "vllm", "mode": "score", "calibration": "none", "score_norm": "sum",
-                   "categories": categories, "pool": {"concurrency": 1, "num_cpus": 2.0, "batch_size": 64}}})
+                   "categories": categories, "batch_size": 64, "pool": {"count": 1, "num_cpus": 2.0}}})
 
 
 def build_requests(n: int, categories: list[str]) -> list[dict]:

@@ -7,7 +7,7 @@ The parent reads the train section, resolves the rows exactly as the stage does 
 max_examples applied, through Ray Data) and trains/caches the corpus tokenizer once. Then every arm
 runs in a fresh subprocess, `--repeats` times, the order reversed on every other repeat:
 
-  ray             treasure.train.stage.run: TorchTrainer, 1 worker reserving cpus_per_worker CPUs, in its
+  ray             treasure.train.stage.run: TorchTrainer, 1 worker reserving train.pool.num_cpus CPUs, in its
                   own local Ray cluster (no dashboard), the real loop (treasure.train.loop) with MLflow
   plain           one process, no Ray: the same rows, data step (format_epoch, batch_order, collate),
                   model init, AdamW, LR schedule, grad clip and torch thread count as the loop
@@ -127,7 +127,7 @@ def plain_arm(cfg, rows: list[dict], tokenizer_dir: str, steps: int) -> dict:
     from treasure.train.loop import lr_multiplier
     from treasure.train.model_build import build_model, count_parameters, load_tokenizer
 
-    torch.set_num_threads(cfg.cpus_per_worker)  # the loop does the same in the worker
+    torch.set_num_threads(cfg.torch_threads)  # the loop does the same in the worker
     taxonomy = load_taxonomy(cfg.taxonomy)
     tok = load_tokenizer(cfg.model, tokenizer_dir if cfg.model.kind == "tiny" else None)
     lm = build_model(cfg.model, tok, max_length=cfg.max_length, seed=cfg.seed)
@@ -231,7 +231,7 @@ def prepare(args, tmp: Path) -> dict:
         raise SystemExit(f"{data_uri} has no committed manifest: run the annotate stage (or pass --input)")
     cfg = base.model_copy(update={
         "input": data_uri, "experiment": "train-bench", "max_steps": args.steps, "checkpoint_every": args.steps,
-        "num_workers": 1, "force": True, "register": False, "output": str(tmp / "ckpt")})
+        "pool": {**cfg.pool.model_dump(), "count": 1}, "force": True, "register": False, "output": str(tmp / "ckpt")})
     # model.tokenizer_cache stays the config's: a corpus BPE the stage already trained is reused
     _ray_init(args.num_cpus)
     try:
@@ -300,7 +300,7 @@ def summarize(args, prep: dict, results: dict) -> dict:
         "machine": f"{os.cpu_count()} CPUs", "model": cfg.model.model_dump(), "params": params, "data": prep["data"],
         "rows": prep["rows"], "steps": args.steps, "window_steps": f"{args.warmup + 1}..{args.steps}",
         "repeats": args.repeats, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-        "max_length": cfg.max_length, "log_every": cfg.log_every, "cpus_per_worker": cfg.cpus_per_worker,
+        "max_length": cfg.max_length, "log_every": cfg.log_every, "torch_threads": cfg.torch_threads,
         "torch_threads": {a: sorted({r["torch_threads"] for r in results[a]}) for a in arms},
         "tokens_per_second": {a: {"median": round(statistics.median(v), 1), "all": [round(x, 1) for x in v]} for a, v in tps.items()},
         "ratios": ratios, "target": "ray/plain >= 0.95",

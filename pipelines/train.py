@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python pipelines/train.py --config pipelines/configs/demo.yaml [train-key=value ...]
 e.g.  .venv/bin/python pipelines/train.py --config pipelines/configs/demo.yaml markers=off output=runs/demo/checkpoints/baseline
-On a cluster: RAY_ADDRESS=... (or `ray job submit -- python pipelines/train.py ...`); num_workers=8 use_gpu=true.
+On a cluster: RAY_ADDRESS=... (or `ray job submit -- python pipelines/train.py ...`); pool.count=8 pool.num_gpus=1.
 """
 
 if __name__ == "__main__":

@@ -72,6 +72,16 @@ def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer, taxonomy):
     return out
 
 
+@pytest.fixture(scope="session")
+def lessons_checkpoint(tmp_path_factory, taxonomy):
+    """tests/marker_lessons.py's marked model, fitted once per session: it writes a marker block, then
+    the answer it learnt (greedy), so what a server or evaluation makes of a real block can be checked
+    exactly. Read-only for its users."""
+    from marker_lessons import train_lessons
+
+    return train_lessons(tmp_path_factory.mktemp("lessons_marked"), taxonomy, markers=True, steps=150)
+
+
 # The bearer token of every test app with auth on (a placeholder, not a secret).
 TEST_TOKEN_ENV, TEST_TOKEN = "TREASURE_SERVE_TEST_TOKEN", "test-token-not-a-secret"
 # Placeholder AWS credentials (moto accepts any; real ones never appear in code), with canary values

@@ -1,5 +1,6 @@
 """A free TCP port on the loopback interface, for the real servers the tests start (Serve, moto,
-`mlflow server`, `mlflow models serve`): one helper for every test area."""
+`mlflow server`, `mlflow models serve`, a gloo rendezvous) and for an address where nothing
+listens (an unreachable tracking server): one helper for every test area."""
 
 from __future__ import annotations
 

@@ -24,9 +24,11 @@ def dashboard_views(ray) -> dict[str, str]:
     dashboard = ray._private.worker.get_dashboard_url()
     views = {path: httpx.get(f"http://{dashboard}{path}", timeout=30).text
              for path in ("/api/serve/applications/", "/api/jobs/")}
-    views["actors"] = json.dumps(list_actors(detail=True, limit=10000, raise_on_missing_output=False), default=str)
-    views["tasks"] = json.dumps(list_tasks(detail=True, limit=10000, raise_on_missing_output=False), default=str)
-    views["jobs"] = json.dumps(list_jobs(detail=True, raise_on_missing_output=False), default=str)
+    # This process's own cluster, named: another Ray on the machine must not make the state API guess.
+    at = {"address": ray.get_runtime_context().gcs_address}
+    views["actors"] = json.dumps(list_actors(detail=True, limit=10000, raise_on_missing_output=False, **at), default=str)
+    views["tasks"] = json.dumps(list_tasks(detail=True, limit=10000, raise_on_missing_output=False, **at), default=str)
+    views["jobs"] = json.dumps(list_jobs(detail=True, raise_on_missing_output=False, **at), default=str)
     return views
 
 

@@ -1,22 +1,11 @@
 """Formatting with a real tokenizer (SmolLM2's): chat template, marker blocks, completion-only labels."""
 
-import doctest
-
 import pytest
 
-import treasure.dropout
-import treasure.chat_format
-import treasure.template
 from treasure.dropout import DropoutConfig, draw_prompt_markers
 from treasure.chat_format import IGNORE_INDEX, format_example, marker_turns
 
 MARKERS = {"task": "CreativeWriting", "domain": "Legal", "language": "Spanish", "length_bucket": "concise"}
-
-
-@pytest.mark.parametrize("module", [treasure.chat_format, treasure.template, treasure.dropout])
-def test_docstring_examples_hold_verbatim(module):
-    result = doctest.testmod(module, verbose=False)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_marked_example_masks_prompt_and_keeps_completion(smollm2_tokenizer, taxonomy):

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 
 import treasure.json_input as ji
-
-
-def test_docstring_examples():
-    assert doctest.testmod(ji).failed == 0
 
 
 @pytest.mark.parametrize("text, needle", [

@@ -19,11 +19,26 @@ def test_stdlib_platform_from_repo_root_python_c(repo):
     assert "platform.py" in out.stdout and "/platform/" not in out.stdout.split()[0].replace("platform.py", "")
 
 
-def test_stdlib_platform_under_pytest():
-    import platform
+def test_stdlib_platform_under_pytest(repo, tmp_path):
+    """`make test` runs `python -m pytest` from the repository root, which puts the root first on
+    sys.path. This process imported `platform` before any test ran, so asking it proves nothing: a
+    fresh pytest process, started the way `make test` starts one, runs a probe test instead."""
+    import os
+    import sysconfig
 
-    assert hasattr(platform, "python_version"), platform.__file__
-    assert platform.__file__.endswith("platform.py")
+    probe = tmp_path / "test_platform_probe.py"
+    stdlib = os.path.realpath(os.path.join(sysconfig.get_paths()["stdlib"], "platform.py"))
+    probe.write_text(
+        "import os, platform, treasure\n"
+        "def test_probe():\n"
+        f"    assert os.path.realpath(platform.__file__) == {stdlib!r}, platform.__file__\n"
+        "    assert treasure.__file__.endswith(os.path.join('platform', 'treasure', '__init__.py')), treasure.__file__\n"
+        "    assert platform.python_version()\n"
+    )
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
+                         cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "1 passed" in out.stdout
 
 
 @pytest.mark.timeout(180)

@@ -87,7 +87,7 @@ def test_single_gpu_recipe_is_one_gpu_lora_bf16_and_vllm():
 
     stages = load_config(PipelineConfig, REPO / "pipelines" / "configs" / "single_gpu.yaml").stage_configs()
     train, evaluate = stages["train_marked"], stages["evaluate"]
-    assert train.use_gpu and train.num_workers == 1 and train.lora.enabled and train.precision == "bf16"
+    assert train.use_gpu and train.pool.count == 1 and train.lora.enabled and train.precision == "bf16"
     assert train.model.kind == "hf" and "/" in train.model.path  # a Hub id
     assert evaluate.generation.backend == "vllm" and evaluate.generation.dtype == "bfloat16"
-    assert evaluate.generation.gpus_per_actor == 1 and stages["annotate"].tagger.engine == "vllm"
+    assert evaluate.generation.pool.num_gpus == 1 and stages["annotate"].tagger.engine == "vllm"

@@ -10,11 +10,12 @@ The same script runs anywhere ("one command, any cluster"):
   every worker without installing it there: the repository as ``working_dir`` (scripts, configs)
   and ``platform/treasure`` as a ``py_modules`` entry. Only non-secret environment settings are
   forwarded; credentials come from the nodes themselves (instance role, Kubernetes secret).
-- ``custom_resources()`` validates the ``resources`` placement fields of stage configs (custom
-  Ray resources such as ``annotate_node`` that only some nodes offer).
+- ``custom_resources()`` validates the ``resources`` field of every ``treasure.resources.Pool``
+  (custom Ray resources such as ``annotate_node`` that only some nodes offer).
 - ``placement_problem()`` (pure) and ``check_placement()`` (reads the live cluster) fail fast with
   a message that says what to change when a requested set of resource bundles cannot be placed,
-  instead of letting Ray wait forever for resources that will never appear.
+  instead of letting Ray wait forever for resources that will never appear; stages call them
+  through ``treasure.resources.check_pools``.
 """
 
 from __future__ import annotations
@@ -49,18 +50,18 @@ def custom_resources(resources: Mapping[str, float]) -> dict[str, float]:
     Stage configs use it for `resources` fields (e.g. ``{annotate_node: 0.01}``): a node started
     with ``ray start --resources '{"annotate_node": 1}'`` (or a launcher / KubeRay worker group
     with that resource) is then the only place those actors or workers run. CPU and GPU have
-    their own fields in every stage config.
+    their own fields in every Pool (num_cpus, num_gpus).
 
     >>> custom_resources({"annotate_node": 0.01})
     {'annotate_node': 0.01}
     >>> custom_resources({"CPU": 1})
     Traceback (most recent call last):
     ...
-    ValueError: resources ['CPU'] have their own fields (CPUs / GPUs per actor or worker); resources holds custom ones
+    ValueError: resources ['CPU'] have their own fields (num_cpus / num_gpus); resources holds custom ones
     """
     reserved = sorted(k for k in resources if k in RESERVED_RESOURCES)
     if reserved:
-        raise ValueError(f"resources {reserved} have their own fields (CPUs / GPUs per actor or worker); "
+        raise ValueError(f"resources {reserved} have their own fields (num_cpus / num_gpus); "
                          "resources holds custom ones")
     bad = sorted(k for k, v in resources.items() if not v > 0)
     if bad:
@@ -147,8 +148,8 @@ def placement_problem(bundles: Sequence[Mapping[str, float]], nodes: Sequence[Ma
     Bundles are packed first-fit, largest first, as a placement group with the PACK/SPREAD
     strategies may place them; a bundle never spans nodes.
 
-    >>> placement_problem([{"CPU": 2}] * 2, [{"CPU": 2}], "training workers", "lower train.num_workers")
-    'training workers need 2 bundles of {CPU: 2} (CPU: 4 in total) but the cluster has CPU: 2 on 1 node(s) [CPU: 2]; lower train.num_workers'
+    >>> placement_problem([{"CPU": 2}] * 2, [{"CPU": 2}], "training workers", "lower train.pool.count")
+    'training workers need 2 bundles of {CPU: 2} (CPU: 4 in total) but the cluster has CPU: 2 on 1 node(s) [CPU: 2]; lower train.pool.count'
     >>> placement_problem([{"CPU": 1}] * 2, [{"CPU": 1}, {"CPU": 1}], "w", "h") is None
     True
     """

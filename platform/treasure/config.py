@@ -29,20 +29,41 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and the key."""
 
 
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for the dotted key ``a.b.c`` in place, creating missing sections.
+
+    The one walker of dotted config keys: command-line overrides (`apply_override`) and tune's
+    sampled parameters (`treasure.tune.config.apply_params`) both set values through it.
+    A key that is empty or steps through a value that is not a section raises `ConfigError`.
+
+    >>> d = {"dropout": {"dataset_rate": 0.5}}
+    >>> set_dotted(d, "dropout.category_rates.domain", 0.1); d
+    {'dropout': {'dataset_rate': 0.5, 'category_rates': {'domain': 0.1}}}
+    >>> set_dotted({"dropout": 0.5}, "dropout.dataset_rate", 0.1)
+    Traceback (most recent call last):
+    ...
+    treasure.config.ConfigError: 'dropout' is not a section
+    """
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError("empty key")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{p!r} is not a section")
+    node[parts[-1]] = value
+
+
 def apply_override(data: dict, override: str) -> None:
     """Apply one `a.b.c=value` override in place; `value` is parsed as a YAML scalar or list."""
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
     key, raw = override.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"override {override!r} has an empty key")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {p!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        set_dotted(data, key, yaml.safe_load(raw) if raw.strip() else None)
+    except ConfigError as e:
+        raise ConfigError(f"override {override!r}: {e}") from None
 
 
 def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None, section: str | None = None) -> M:

@@ -150,6 +150,33 @@ def _absolute_paths(cfg: StrictModel, root: str | None = None, keep: tuple[str, 
     return cfg.model_copy(update=update)
 
 
+def _local_file(value: str) -> str:
+    """A path that names an existing local file or folder, made absolute; anything else as written
+    (a builtin taxonomy name, a Hub model id, a URI)."""
+    return str(Path(value).resolve()) if "://" not in value and Path(value).exists() else value
+
+
+def driver_paths(cfg: StrictModel) -> StrictModel:
+    """A stage config whose relative local paths no longer depend on a worker's working directory:
+    the stage paths (input, output, baseline, marked), a taxonomy file, a local model or judge
+    folder, the tokenizer cache. Tune trials run in their own folders; this is what lets them run
+    the stages without changing directory."""
+    cfg = _absolute_paths(cfg)
+    update: dict[str, Any] = {}
+    if isinstance(getattr(cfg, "taxonomy", None), str):
+        update["taxonomy"] = _local_file(cfg.taxonomy)
+    model = getattr(cfg, "model", None)
+    if model is not None and hasattr(model, "tokenizer_cache"):
+        update["model"] = model.model_copy(update={
+            "path": _local_file(model.path) if model.path else None, "tokenizer_cache": resolve_path(model.tokenizer_cache),
+            "chat_template": _local_file(model.chat_template) if model.chat_template else None})
+    win_rate = getattr(cfg, "win_rate", None)
+    if win_rate is not None:
+        judge = win_rate.judge.model_copy(update={"model": _local_file(win_rate.judge.model)})
+        update["win_rate"] = win_rate.model_copy(update={"judge": judge})
+    return cfg.model_copy(update=update)
+
+
 def _runners() -> dict[str, Callable[..., dict]]:
     # Imported here so that loading a config never imports Ray or torch.
     from treasure.annotate import stage as annotate
@@ -163,27 +190,21 @@ def _runners() -> dict[str, Callable[..., dict]]:
 
 def register(summaries: dict[str, dict], alias: str) -> dict:
     """Tag the marked model's registered version with the evaluation's headline metrics and an alias."""
-    from mlflow.tracking import MlflowClient
-
-    from treasure.tracking import tracking_uri
+    from treasure import tracking
+    from treasure.models.checkpoint import read_checkpoint
+    from treasure.models.model_card import render
 
     marked = summaries.get("train_marked", {})
     name, version = marked.get("registered_model"), marked.get("model_version")
     if not name or not version:
         return {"skipped": "the marked training run registered no model version"}
-    client = MlflowClient(tracking_uri())
     figures = headline(summaries)
-    for key, value in figures.items():
-        client.set_model_version_tag(name, str(version), f"eval.{key}", str(value))
-    client.set_registered_model_alias(name, alias, str(version))
     # The model card with the evaluation figures: the checkpoint's own card was committed before them.
-    from treasure.models.checkpoint import read_checkpoint
-    from treasure.models.model_card import render
-
     info = read_checkpoint(marked["output"])
     card = render(info.meta, info.taxonomy, name=name, metrics=marked.get("metrics"), evaluation=figures,
                   lineage={"checkpoint": marked["output"]})
-    client.update_model_version(name, str(version), description=card)
+    tracking.update_version(name, str(version), tags={f"eval.{k}": v for k, v in figures.items()}, alias=alias,
+                            description=card)
     return {"registered_model": name, "model_version": version, "alias": alias}
 
 
@@ -193,35 +214,38 @@ def headline(summaries: dict[str, dict]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, dict]:
-    """Run the configured stages in order under one MLflow parent run; returns each stage's summary."""
-    from treasure.tracking import run as tracking_run
-
+def run_stages(configs: dict[str, StrictModel], stages: list[str], *, parent_run_id: str | None = None,
+               registered_alias: str = "candidate", log: Callable[[str], None] = print) -> dict[str, dict]:
+    """The one place stages are composed: each of `stages` run in order with its config from
+    `configs` (through the stage contract, so a committed stage is reused), nested under
+    `parent_run_id`; `register` tags the marked model with the evaluation's figures. Returns each
+    stage's summary (with its seconds). The pipeline and every tune round call this."""
     runners = _runners()
-    configs = config.stage_configs()
     summaries: dict[str, dict] = {}
-    stages = config.pipeline.stages
-    number = {name: i for i, name in enumerate(stages, 1)}
-    total = len(stages)
-
-    def run_stage(name: str, parent_id: str) -> dict:
+    for i, name in enumerate(stages, 1):
+        log(f"[pipeline] stage {i}/{len(stages)} {name}: start")
         t0 = time.time()
         if name == "register":
-            summary = register(summaries, config.pipeline.registered_alias)
+            summary = register(summaries, registered_alias)
         else:
-            summary = runners[name](configs[name], parent_run_id=parent_id)
+            summary = runners[name](configs[name], parent_run_id=parent_run_id)
         summary["seconds"] = round(time.time() - t0, 1)
-        return summary
+        summaries[name] = summary
+        cached = " (already committed: reused)" if summary.get("cached") else ""
+        log(f"[pipeline] stage {i}/{len(stages)} {name}: done in {summary['seconds']}s{cached}")
+    return summaries
+
+
+def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Run the configured stages in order under one MLflow parent run; returns each stage's summary."""
+    import mlflow
+
+    from treasure.tracking import run as tracking_run
 
     with tracking_run(config.pipeline.experiment, config.pipeline.run_name, config=config) as parent:
         parent_id = parent.info.run_id
-        for name in stages:
-            log(f"[pipeline] stage {number[name]}/{total} {name}: start")
-            summaries[name] = run_stage(name, parent_id)
-            cached = " (already committed: reused)" if summaries[name].get("cached") else ""
-            log(f"[pipeline] stage {number[name]}/{total} {name}: done in {summaries[name]['seconds']}s{cached}")
-        import mlflow
-
+        summaries = run_stages(config.stage_configs(), config.pipeline.stages, parent_run_id=parent_id,
+                               registered_alias=config.pipeline.registered_alias, log=log)
         for key, value in headline(summaries).items():
             mlflow.log_metric(key.replace("/", "."), float(value))
         summaries["pipeline"] = {"mlflow_run_id": parent_id, "experiment": config.pipeline.experiment}

@@ -5,9 +5,11 @@ A published dataset (or any output folder) is trusted only through its manifest:
     <uri>/manifest.json        written last; lists files, row counts, checksums, config, taxonomy
     <uri>/data/part-*.parquet  what the manifest lists (nothing else in the folder is trusted)
 
-Writers put files under ``<uri>/_staging/<attempt>/`` first, then copy them into place, verify
-them, and only then write the manifest. A crash before the manifest leaves no committed output,
-so readers (``read_manifest``) never see a partial dataset as complete.
+Stages write through the stage contract (treasure.stage): files under
+``<uri>/_staging/<config key>/publish-<attempt>/`` first, moved into place after the work
+returned, then the manifest with the checksums of what storage now holds. A crash before the
+manifest leaves no committed output, so readers (``read_manifest``) never see a partial dataset
+as complete.
 
 S3 settings come from the environment (never from config files): ``AWS_ENDPOINT_URL`` (e.g. a moto
 server on 127.0.0.1), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``.
@@ -140,6 +142,15 @@ def exists(uri: str) -> bool:
 def list_files(uri: str) -> list[str]:
     """URIs of all files under `uri` (recursive), sorted."""
     return [f for f, _, _ in list_file_infos(uri)]
+
+
+def list_dirs(uri: str) -> list[str]:
+    """URIs of the folders directly under `uri`, sorted (none when `uri` does not exist)."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(join(uri, i.path.rstrip("/").rsplit("/", 1)[-1]) for i in infos if i.type == pafs.FileType.Directory)
 
 
 def list_file_infos(uri: str) -> list[tuple[str, int, int]]:

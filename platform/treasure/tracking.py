@@ -123,8 +123,49 @@ def _started(mlflow, exp_id, run_name, nested, all_tags, config, taxonomy, linea
             mlflow.set_tag("taxonomy_version", taxonomy.version)
             mlflow.log_text(taxonomy.to_yaml(), "config/taxonomy.yaml")
         if lineage:
-            mlflow.log_dict(lineage, "config/lineage.json")
-            for k, v in flatten(lineage).items():
-                if isinstance(v, (str, int, float)):
-                    mlflow.set_tag(f"lineage.{k}", str(v)[:5000])
+            log_lineage(lineage)
         yield active
+
+
+def log_lineage(lineage: dict[str, Any]) -> None:
+    """Data lineage on the active run: the whole dict as an artifact, its scalar leaves as tags
+    (for stages that learn their inputs while reading them, e.g. normalize's file checksums)."""
+    import mlflow
+
+    mlflow.log_dict(lineage, "config/lineage.json")
+    for k, v in flatten(lineage).items():
+        if isinstance(v, (str, int, float)):
+            mlflow.set_tag(f"lineage.{k}", str(v)[:5000])
+
+
+# The model registry: the one place that creates versions and sets their tags, alias and card
+# (the train stage, the tune search's best trial and the pipeline's register step call these).
+
+def register_version(name: str, *, source: str, run_id: str, tags: dict[str, str], description: str = "",
+                     model_tags: dict[str, str] | None = None) -> str:
+    """A new version of registered model `name` (created with `model_tags` when missing) whose
+    source is `source` (an MLflow model URI of `run_id`); returns the version number."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri())
+    try:
+        client.create_registered_model(name, tags=model_tags or {})
+    except MlflowException as e:
+        if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
+            raise
+    return client.create_model_version(name, source=source, run_id=run_id, description=description, tags=tags).version
+
+
+def update_version(name: str, version: str, *, tags: dict[str, Any] | None = None, alias: str | None = None,
+                   description: str | None = None) -> None:
+    """Tags, an alias and/or a new description (the model card) on an existing version."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+    if alias:
+        client.set_registered_model_alias(name, alias, str(version))
+    if description is not None:
+        client.update_model_version(name, str(version), description=description)

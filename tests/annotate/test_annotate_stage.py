@@ -91,7 +91,8 @@ def test_annotate_s3_credentials_stay_in_the_workers_environment(tmp_path, ray_l
     from ray import cloudpickle
     from secret_places import AWS_SECRET_CANARY, AWS_SESSION_CANARY, dashboard_views, leaks, mlflow_run_texts, ray_logs
 
-    from treasure.annotate.stage import build_dataset, plan_shards
+    from treasure.annotate.shards import plan_shards
+    from treasure.annotate.stage import build_dataset
 
     rows = make_rows(6, bad=False)
     src = write_normalized(f"{s3_bucket}/normalized", rows)
@@ -114,7 +115,7 @@ def test_annotate_off_list_tagger_answers_become_unspecified(tmp_path, ray_local
     cfg = AnnotateConfig.model_validate(base_config(
         src, str(tmp_path / "annotated"), quality={"enabled": False},
         tagger={"enabled": True, "model": str(tiny_checkpoint), "mode": "generate", "categories": ["task", "domain"],
-                "max_rows": 3, "max_new_tokens": 4, "pool": {"concurrency": 1, "batch_size": 4, "num_cpus": 1.0}}))
+                "max_rows": 3, "max_new_tokens": 4, "batch_size": 4, "pool": {"count": 1, "num_cpus": 1.0}}))
     summary = run(cfg)
     data = read_parts(cfg.output, "data")
     tagged, capped = 0, 0

@@ -19,7 +19,7 @@ def test_vllm_tagger_through_ray_data_llm_tags_within_budget_and_loses_no_row(tm
     rows = make_rows(12)
     src = write_normalized(str(tmp_path / "normalized"), rows)
     tagger = {"enabled": True, "engine": "vllm", "mode": "score", "score_norm": "sum", "calibration": "none", "only_missing": False,
-              "categories": ["domain", "task"], "max_rows": 6, "pool": {"concurrency": 1, "num_cpus": 1.0, "batch_size": 16}}
+              "categories": ["domain", "task"], "max_rows": 6, "batch_size": 16, "pool": {"count": 1, "num_cpus": 1.0}}
     cfg = AnnotateConfig.model_validate(base_config(src, str(tmp_path / "annotated"), tagger=tagger))
     m = run(cfg)["metrics"]
     assert (m["input_rows"], m["rows"], m["error_rows"]) == (15, 12, 3)  # the malformed rows only

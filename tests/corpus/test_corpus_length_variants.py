@@ -48,10 +48,10 @@ def test_variants_follow_their_parent_into_the_held_out_split():
 
 
 def test_evaluation_split_never_holds_a_variant():
-    from treasure.evaluate.examples import Example, split
+    from treasure.evaluate.examples import AnnotatedRow, split
 
-    rows = [Example(r["id"], r["prompt"], r["response"], {}) for r in [_row(i) for i in range(100)]]
-    rows += [Example(f"{r.id}#len20", r.prompt, "cut", {}) for r in rows]
+    rows = [AnnotatedRow(r["id"], r["prompt"], r["response"], {}) for r in [_row(i) for i in range(100)]]
+    rows += [AnnotatedRow(f"{r.id}#len20", r.prompt, "cut", {}) for r in rows]
     train, held = split(rows, seed=0, fraction=0.3)
     assert held and not any(is_derived(r.id) for r in held)
     held_groups = {r.id for r in held}

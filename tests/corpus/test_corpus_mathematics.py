@@ -15,7 +15,7 @@ import sympy
 
 from treasure.corpus.config import MathematicsSource
 from treasure.corpus.mathematics import generate, training_modules
-from treasure.corpus.schema import Candidate
+from treasure.corpus.schema import ParsedRecord
 
 FINGERPRINT = (
     "import hashlib, json\n"
@@ -40,7 +40,7 @@ def test_every_module_generates_within_the_package_limits(questions):
     from mathematics_dataset import generate_settings
 
     modules, got = questions
-    assert all(isinstance(i, Candidate) for i in got.items), [i for i in got.items if not isinstance(i, Candidate)][:3]
+    assert all(isinstance(i, ParsedRecord) for i in got.items), [i for i in got.items if not isinstance(i, ParsedRecord)][:3]
     assert Counter(i.metadata["module"] for i in got.items) == {m: 2 for m in modules}
     assert all(len(i.prompt) <= generate_settings.MAX_QUESTION_LENGTH for i in got.items)
     assert {i.metadata["domain_hint"] for i in got.items} == {"Math"} and got.stats["modules"] == len(modules)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from treasure.corpus.config import AlpacaZhSource, ArenaHardSource, ChitchatSource, SelfInstructSource
-from treasure.corpus.schema import Candidate, Rejected
+from treasure.corpus.schema import ParsedRecord, Rejected
 from treasure.corpus.sources import read_alpaca_zh, read_arena_hard, read_self_instruct
 
 
@@ -25,7 +25,7 @@ def lines(path) -> list[dict]:
 def test_arena_hard_joins_every_question_with_its_answer(data, repo):
     got = read_arena_hard(ArenaHardSource(type="arena-hard"), data)
     questions = lines(repo / "data/arena-hard-v2.0/question.jsonl")
-    assert all(isinstance(i, Candidate) for i in got.items) and len(got.items) == len(questions)
+    assert all(isinstance(i, ParsedRecord) for i in got.items) and len(got.items) == len(questions)
     by_uid = {i.metadata["uid"]: i for i in got.items}
     q = questions[0]
     assert by_uid[q["uid"]].prompt == q["prompt"] and by_uid[q["uid"]].metadata["subcategory"] == q["subcategory"]
@@ -47,7 +47,7 @@ def test_arena_hard_unjoined_records_are_reported(tmp_path):
     (tmp_path / "question.jsonl").write_text("\n".join(json.dumps(x) for x in q))
     (tmp_path / "answers.jsonl").write_text("\n".join(json.dumps(x) for x in a))
     got = read_arena_hard(ArenaHardSource(type="arena-hard", path=str(tmp_path), answers="answers.jsonl"), "unused")
-    assert [(i.record, i.response) for i in got.items if isinstance(i, Candidate)] == [("question.jsonl:1", "plain")]
+    assert [(i.record, i.response) for i in got.items if isinstance(i, ParsedRecord)] == [("question.jsonl:1", "plain")]
     reasons = sorted((i.record, i.reason) for i in got.items if isinstance(i, Rejected))
     assert reasons == [("answers.jsonl:2", "answer for a uid with no question"),
                        ("answers.jsonl:3", "second answer for this uid"),
@@ -57,7 +57,7 @@ def test_arena_hard_unjoined_records_are_reported(tmp_path):
 def test_alpaca_zh_prompt_is_instruction_plus_input(data, repo):
     raw = json.loads((repo / "data/alpaca-zh/alpaca_zh_10000.json").read_text(encoding="utf-8"))
     got = read_alpaca_zh(AlpacaZhSource(type="alpaca-zh"), data)
-    assert len(got.items) == len(raw) and all(isinstance(i, Candidate) for i in got.items)
+    assert len(got.items) == len(raw) and all(isinstance(i, ParsedRecord) for i in got.items)
     k = next(n for n, r in enumerate(raw) if r["input"].strip())
     item = got.items[k]
     assert item.prompt == f"{raw[k]['instruction'].strip()}\n\n{raw[k]['input'].strip()}" and item.response == raw[k]["output"]
@@ -102,7 +102,7 @@ def test_chitchat_reads_a_file_in_the_package_format(tmp_path):
     }
     (tmp_path / "chat.json").write_text(json.dumps(convs))
     got = read_chitchat(ChitchatSource(type="chitchat", path="chat.json"), str(tmp_path))
-    assert [(i.prompt, i.response) for i in got.items if isinstance(i, Candidate)] == [("hi\nthere", "hello"), ("hello", "bye")]
+    assert [(i.prompt, i.response) for i in got.items if isinstance(i, ParsedRecord)] == [("hi\nthere", "hello"), ("hello", "bye")]
     assert sorted(i.record for i in got.items if isinstance(i, Rejected)) == ["chat.json:c3#1", "chat.json:c4"]
     assert got.stats == {"conversations": 4, "single_turn_conversations": 1}
 

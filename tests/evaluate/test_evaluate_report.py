@@ -6,7 +6,7 @@ import pytest
 
 from treasure.evaluate import report, winrate
 from treasure.evaluate.config import EvaluateConfig, WinRateConfig
-from treasure.evaluate.examples import Example
+from treasure.evaluate.examples import AnnotatedRow
 from treasure.taxonomy import load_taxonomy
 
 
@@ -69,7 +69,7 @@ def test_plan_skips_win_rate_requests_without_a_judge(judge_type, repo):
     from treasure.evaluate.stage import plan
 
     tax = load_taxonomy("paper")  # every category in the block, quality_bucket too (quality-steered requests)
-    held = [Example(f"e{i}", f"Question {i}?", "a", {"length_tokens": "2000", "language": "English"}) for i in range(6)]
+    held = [AnnotatedRow(f"e{i}", f"Question {i}?", "a", {"length_tokens": "2000", "language": "English"}) for i in range(6)]
     base = {"input": "in", "baseline": "b", "marked": "m", "output": "out",
             "length_control": {"prompts": 2, "bucket_values": ["concise"]},
             "categories": {"inference_prompts": 2, "adherence_prompts_per_value": 1, "adherence_categories": ["length_bucket"]}}

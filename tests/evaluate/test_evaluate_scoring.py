@@ -8,7 +8,7 @@ import pytest
 
 from treasure.evaluate import adherence, inference, length_control, winrate
 from treasure.evaluate.config import LengthControlConfig
-from treasure.evaluate.examples import Example
+from treasure.evaluate.examples import AnnotatedRow
 from treasure.taxonomy import load_taxonomy
 from treasure.template import render_request, split_prompt
 
@@ -18,8 +18,8 @@ def demo_tax(repo):
     return load_taxonomy(repo / "pipelines/configs/taxonomy_demo.yaml")
 
 
-EX = [Example("e1", "Say hi <TEMPLATE>", "hi", {"domain": "Conversation", "language": "English"}),
-      Example("e2", "Explain gravity.", "...", {"domain": "Sciences", "task": "Explanation"})]
+EX = [AnnotatedRow("e1", "Say hi <TEMPLATE>", "hi", {"domain": "Conversation", "language": "English"}),
+      AnnotatedRow("e2", "Explain gravity.", "...", {"domain": "Sciences", "task": "Explanation"})]
 
 
 def test_length_control_requests_four_conditions(demo_tax):
@@ -82,7 +82,7 @@ def test_serving_and_evaluation_share_the_prefill_rendering(demo_tax, prefill):
 
 
 def test_length_control_draws_prompts_whose_reference_breaks_the_limit(demo_tax):
-    rows = [Example(f"e{n}", "q", "a", {"length_tokens": str(n)}) for n in (3, 29, 30, 300)] + [Example("none", "q", "a", {})]
+    rows = [AnnotatedRow(f"e{n}", "q", "a", {"length_tokens": str(n)}) for n in (3, 29, 30, 300)] + [AnnotatedRow("none", "q", "a", {})]
     cfg = LengthControlConfig(bucket_values=["concise"])  # N = 29
     assert [e.id for e in length_control.eligible(rows, cfg, demo_tax)] == ["e30", "e300"]
     assert len(length_control.eligible(rows, cfg.model_copy(update={"prompts_over_limit": False}), demo_tax)) == 5
@@ -157,7 +157,7 @@ def test_adherence_plan_and_score(demo_tax):
 
 
 def test_adherence_length_prompts_are_over_the_concise_limit(demo_tax):
-    rows = [Example(f"e{n}", "q", "a", {"length_tokens": str(n)}) for n in (3, 29, 30, 300)] + [Example("none", "q", "a", {})]
+    rows = [AnnotatedRow(f"e{n}", "q", "a", {"length_tokens": str(n)}) for n in (3, 29, 30, 300)] + [AnnotatedRow("none", "q", "a", {})]
     assert [e.id for e in adherence.length_eligible(rows, demo_tax)] == ["e30", "e300"]  # demo: concise < 30 words
     with pytest.raises(ValueError, match="longer than 29 words"):
         adherence.length_eligible(rows[:2], demo_tax)

@@ -21,6 +21,32 @@ def test_generate_rows_rejects_bad_requests(tiny_checkpoint, taxonomy):
         generate_rows(rows, {"other": cfg}, {"other": True}, SamplingParams(), taxonomy)
 
 
+def test_generation_parses_the_block_a_marked_model_writes(lessons_checkpoint, taxonomy):
+    """Evaluation's generation (in-process here; the stage's Ray Data actors run the same
+    `run_requests`) on a model that does write a block (tests/marker_lessons.py; the tiny random
+    model of the stage test never does): the answer comes without the block, the block's markers
+    come back as `inferred`."""
+    from marker_lessons import LESSONS, PROMPT
+
+    from treasure.template import render_request
+
+    _, task, domain, concise, _ = LESSONS[0]
+    requests = []
+    for request_id, requested in (("prefilled", {"length_bucket": "concise"}), ("whole-block", {})):
+        turn, prefix = render_request(PROMPT, requested, taxonomy)
+        requests.append({"request_id": request_id, "user_turn": turn, "prefix": prefix})
+    assert requests[0]["prefix"] and not requests[1]["prefix"]
+    rows = generate_local(requests, EngineConfig(model=str(lessons_checkpoint)), SamplingParams(max_tokens=80), taxonomy,
+                          marked=True)
+    assert [r["request_id"] for r in rows] == ["prefilled", "whole-block"]
+    for row in rows:
+        assert row["raw"].startswith(row["prefix"] or "<TEMPLATE>") and "</TEMPLATE>" in row["raw"], row
+        assert row["answer"] == concise and row["block_ok"] and row["finish_reason"] == "stop", row
+        assert json.loads(row["inferred"]) == {"length_bucket": "concise", "task": task, "domain": domain,
+                                               "language": "English"}, row
+        assert json.loads(row["problems"]) == []
+
+
 def test_stage_end_to_end(ray_local, tiny_checkpoint, taxonomy, annotated_uri, judge_server, tmp_path, monkeypatch):
     import mlflow
 
@@ -69,7 +95,6 @@ def test_stage_end_to_end(ray_local, tiny_checkpoint, taxonomy, annotated_uri, j
     local = generate_local([{"request_id": g["request_id"], "user_turn": g["user_turn"], "prefix": g["prefix"]} for g in sample],
                            EngineConfig(model=str(tiny_checkpoint), batch_size=8), SamplingParams(max_tokens=6), taxonomy, marked=True)
     assert [g["raw"] for g in sample] == [r["raw"] for r in local]
-    assert all("<TEMPLATE>" not in g["answer"] for g in gens)
     # Idempotent: same config → the committed summary, no new MLflow run.
     again = run(cfg)
     assert again["manifest_id"] == summary["manifest_id"] and again["mlflow_run_id"] == summary["mlflow_run_id"]

@@ -7,6 +7,7 @@ import pytest
 
 from treasure.models.engine import EngineConfig, SamplingParams
 from treasure.evaluate.generation import generate_rows
+from treasure.resources import Pool
 from treasure.template import render_request
 
 
@@ -21,7 +22,7 @@ def test_rows_through_ray_data_llm_keep_order_prefix_and_per_row_outcomes(ray_lo
     ]
     engine = EngineConfig(model=str(smollm2_checkpoint), backend="vllm", dtype="bfloat16", max_model_len=256, batch_size=8)
     out = generate_rows([{**r, "model": "m"} for r in rows], {"m": engine}, {"m": False}, SamplingParams(max_tokens=24),
-                        taxonomy, cpus_per_actor=1.0, batch_size=8)
+                        taxonomy, pool=Pool(num_cpus=1.0), batch_size=8)
     assert [r["mine"] for r in out] == [1, 2, 3, 4]  # request order and the caller's own columns
     a, b, c, d = out
     assert len(a["answer"].split()) >= 3 and a["finish_reason"] in ("stop", "length") and 0 < a["completion_tokens"] <= 24

@@ -35,12 +35,12 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PLACEMENT = [
-    "annotate.rule_resources={annotate_node: 0.01}",
+    "annotate.rules.pool.resources={annotate_node: 0.01}",
     "annotate.quality.pool.resources={annotate_node: 0.01}",
     "evaluate.generation.resources={annotate_node: 0.01}",
-    "train.num_workers=2",
-    "train.cpus_per_worker=1",
-    "train.worker_resources={train_node: 1}",
+    "train.pool.count=2",
+    "train.pool.num_cpus=1",
+    "train.pool.resources={train_node: 1}",
 ]
 
 
@@ -89,7 +89,7 @@ def main() -> None:
                              [f"pipeline.root={args.root}", "pipeline.run_name=multinode", *PLACEMENT, *args.overrides])
         init_ray()
         try:
-            check_placement([config.train.resources_per_worker] * 5, "training workers", "lower train.num_workers")
+            check_placement([config.train.resources_per_worker] * 5, "training workers", "lower train.pool.count")
             print("placement_check: accepted", flush=True)
         except PlacementError as e:
             print(f"placement_check: refused: {e}", flush=True)

@@ -44,6 +44,6 @@ def test_placement_problem(bundles, nodes, fits):
 
 def test_placement_message_says_what_to_change():
     msg = placement_problem([{"CPU": 1, "GPU": 1}] * 4, [{"CPU": 16, "GPU": 2}], "training workers",
-                            "lower train.num_workers or add GPU nodes")
+                            "lower train.pool.count or add GPU nodes")
     assert msg == ("training workers need 4 bundles of {CPU: 1, GPU: 1} (CPU: 4, GPU: 4 in total) but the "
-                   "cluster has CPU: 16, GPU: 2 on 1 node(s) [CPU: 16, GPU: 2]; lower train.num_workers or add GPU nodes")
+                   "cluster has CPU: 16, GPU: 2 on 1 node(s) [CPU: 16, GPU: 2]; lower train.pool.count or add GPU nodes")

@@ -55,7 +55,7 @@ def test_pipeline_places_annotation_and_training_on_different_nodes(tmp_path):
 
     refused = line_after(out, "placement_check: ")
     assert refused.startswith("refused: training workers need 5 bundles"), refused
-    assert "train_node: 4" in refused and "lower train.num_workers" in refused
+    assert "train_node: 4" in refused and "lower train.pool.count" in refused
 
     # The whole pipeline ran and committed every stage.
     for i, stage in enumerate(STAGES, 1):

@@ -1,4 +1,4 @@
-"""The CI config and the placement plumbing without Ray: pipeline.root, the stages' `resources` fields.
+"""The CI config and the placement plumbing without Ray: pipeline.root, the stages' pools (treasure.resources.Pool).
 
 The real placement on a multi-node cluster is test_infra_multinode.py; here the pure parts: what
 the fields accept, what reaches Ray (ScalingConfig resources, the annotate bundles the fail-fast
@@ -12,16 +12,17 @@ import yaml
 from pydantic import ValidationError
 
 from treasure.annotate.config import AnnotateConfig
-from treasure.annotate.stage import placement_bundles
+from treasure.annotate.stage import pools
 from treasure.cluster import placement_problem
 from treasure.config import ConfigError, load_config
 from treasure.evaluate.config import EvaluateConfig, GenerationConfig
 from treasure.pipeline import PipelineConfig
+from treasure.resources import Pool, placement_problem_of
 from treasure.train.config import TrainConfig
 
-PINNED = ["annotate.rule_resources={annotate_node: 0.01}", "annotate.quality.pool.resources={annotate_node: 0.01}",
-          "train.worker_resources={train_node: 1}", "train.num_workers=2", "train.cpus_per_worker=1",
-          "evaluate.generation.resources={annotate_node: 0.01}"]
+PINNED = ["annotate.rules.pool.resources={annotate_node: 0.01}", "annotate.quality.pool.resources={annotate_node: 0.01}",
+          "train.pool.resources={train_node: 1}", "train.pool.count=2", "train.pool.num_cpus=1",
+          "evaluate.generation.pool.resources={annotate_node: 0.01}"]
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def test_ci_config_has_the_demo_sections_and_is_small(ci, repo):
     assert cfg.train.model.num_layers <= 2 and cfg.train.max_steps <= 10 and cfg.train.model.vocab_size <= 1024
     assert cfg.evaluate.win_rate.prompts <= 8 and cfg.evaluate.win_rate.judge.type != "none"
     assert ci.read_text().splitlines()[1].startswith("# Run:")
-    assert cfg.train.num_workers * cfg.train.cpus_per_worker <= 2  # the job-submit test's head has 2 CPUs
+    assert cfg.train.pool.count * cfg.train.pool.num_cpus <= 2  # the job-submit test's head has 2 CPUs
 
 
 def test_root_moves_every_output_but_not_the_bundled_sources(ci, repo, monkeypatch, tmp_path):
@@ -68,39 +69,45 @@ def test_root_on_s3_and_no_root(ci, repo, monkeypatch):
 
 def test_placement_overrides_reach_every_stage(ci):
     cfg = load_config(PipelineConfig, ci, PINNED)
-    assert cfg.annotate.rule_resources == {"annotate_node": 0.01}
+    assert cfg.annotate.rules.pool.resources == {"annotate_node": 0.01}
     assert cfg.train.resources_per_worker == {"CPU": 1, "train_node": 1.0}
     stages = cfg.stage_configs()
-    assert stages["train_baseline"].worker_resources == stages["train_marked"].worker_resources == {"train_node": 1.0}
-    assert stages["evaluate"].generation.resources == {"annotate_node": 0.01}
+    assert stages["train_baseline"].pool.resources == stages["train_marked"].pool.resources == {"train_node": 1.0}
+    assert stages["evaluate"].generation.pool.resources == {"annotate_node": 0.01}
     # Pinned annotation fits a 1-CPU node that offers annotate_node, and nothing else.
-    bundles = placement_bundles(cfg.annotate)
-    assert bundles == [{"CPU": 0.5, "annotate_node": 0.01}, {"CPU": 0.5, "GPU": 0.0, "annotate_node": 0.01}]
-    assert placement_problem(bundles, [{"CPU": 1}, {"CPU": 1, "annotate_node": 1}], "annotate", "h") is None
+    annotate = pools(cfg.annotate)
+    bundles = [b for p in annotate.values() for b in p.bundles()]
+    assert bundles == [{"CPU": 0.5, "annotate_node": 0.01}, {"CPU": 0.5, "annotate_node": 0.01}]
+    assert placement_problem_of(annotate, [{"CPU": 1}, {"CPU": 1, "annotate_node": 1}]) is None
     msg = placement_problem(bundles, [{"CPU": 8}], "annotate tasks and actors", "start nodes with the resources")
     assert msg and "annotate_node: 0" in msg and msg.endswith("start nodes with the resources")
+    assert "annotate.rules.pool + annotate.quality.pool" in placement_problem_of(annotate, [{"CPU": 8}])
 
 
 def test_empty_placement_fields_stay_out_of_recorded_configs():
     a = AnnotateConfig(input="a", output="b")
     t = TrainConfig(input="a", output="b")
     e = EvaluateConfig(input="a", baseline="b", marked="c", output="d")
-    assert "rule_resources" not in a.model_dump() and "resources" not in a.model_dump()["quality"]["pool"]
-    assert "worker_resources" not in t.model_dump() and "resources" not in e.model_dump()["generation"]
-    pinned = TrainConfig(input="a", output="b", worker_resources={"train_node": 1})
-    assert TrainConfig.model_validate(pinned.model_dump(mode="json")).worker_resources == {"train_node": 1.0}
+    assert "resources" not in a.model_dump()["rules"]["pool"] and "resources" not in a.model_dump()["quality"]["pool"]
+    assert "resources" not in t.model_dump()["pool"] and "resources" not in e.model_dump()["generation"]["pool"]
+    pinned = TrainConfig(input="a", output="b", pool={"resources": {"train_node": 1}})
+    assert TrainConfig.model_validate(pinned.model_dump(mode="json")).pool.resources == {"train_node": 1.0}
 
 
 @pytest.mark.parametrize("bad", [{"CPU": 1}, {"GPU": 1}, {"train_node": 0}, {"train_node": -1}])
 def test_placement_fields_take_positive_custom_resources_only(bad):
     with pytest.raises(ValidationError, match="resources"):
-        TrainConfig(input="a", output="b", worker_resources=bad)
+        TrainConfig(input="a", output="b", pool={"resources": bad})
     with pytest.raises(ValidationError, match="resources"):
-        GenerationConfig(resources=bad)
+        GenerationConfig(pool={"resources": bad})
+    with pytest.raises(ValidationError, match="resources"):
+        Pool(resources=bad)
     with pytest.raises(ValidationError, match="resources"):
         AnnotateConfig(input="a", output="b", tagger={"pool": {"resources": bad}})
 
 
 def test_placement_override_typo_fails_loudly(ci):
-    with pytest.raises(ConfigError, match="worker_resource"):
-        load_config(PipelineConfig, ci, ["train.worker_resource={train_node: 1}"])
+    with pytest.raises(ConfigError, match="resource"):
+        load_config(PipelineConfig, ci, ["train.pool.resource={train_node: 1}"])
+    with pytest.raises(ConfigError, match="num_workers"):  # the old spelling is refused, not ignored
+        load_config(PipelineConfig, ci, ["train.num_workers=2"])

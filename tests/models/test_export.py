@@ -77,11 +77,3 @@ def test_what_cannot_ship_says_why(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(ValueError, match="needs a token in HF_TOKEN"):
         export(str(tiny_checkpoint), "hf://someone/some-model")
-
-
-def test_model_card_docstring_examples():
-    import doctest
-
-    from treasure.models import model_card
-
-    assert doctest.testmod(model_card).failed == 0

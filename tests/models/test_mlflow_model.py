@@ -15,14 +15,14 @@ import time
 
 import httpx
 import pytest
-from marker_lessons import LESSONS, PROMPT, train_lessons
+from marker_lessons import LESSONS, PROMPT
 
 _, TASK, DOMAIN, CONCISE, MEDIUM = LESSONS[0]
 INFERRED = {"task": TASK, "domain": DOMAIN, "language": "English"}
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, taxonomy):
+def registered(tmp_path_factory, lessons_checkpoint):
     """(models:/ URI, tracking URI, the model's local folder) of the lessons model, logged and registered
     on a private sqlite MLflow store exactly as the train stage does it."""
     import mlflow
@@ -31,7 +31,7 @@ def registered(tmp_path_factory, taxonomy):
     from treasure.models.mlflow_model import log_model
 
     root = tmp_path_factory.mktemp("mlflow-model")
-    checkpoint = train_lessons(root / "ckpt", taxonomy, markers=True, steps=150)
+    checkpoint = lessons_checkpoint  # trained once per session (tests/conftest.py)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)

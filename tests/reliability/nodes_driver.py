@@ -206,7 +206,7 @@ def train(workdir: Path) -> dict:
     from treasure.train.stage import run
 
     cfg = TrainConfig.model_validate_json((workdir / "config.json").read_text())
-    cpus = cfg.num_workers * cfg.cpus_per_worker  # exactly the worker group: it can only run on this node
+    cpus = cfg.pool.count * cfg.pool.num_cpus  # exactly the worker group: it can only run on this node
     cluster, node = start_cluster(cpus)
     try:
         # A registered checkpoint before the last step: training is under way on the victim node and

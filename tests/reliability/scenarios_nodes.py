@@ -98,11 +98,11 @@ def annotate_config(workdir: Path) -> tuple[list[str], object]:
     annotate_fixtures.write_normalized(str(workdir / "normalized"), rows, rows_per_file=31)
     cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
         str(workdir / "normalized"), str(workdir / "annotated"), shard_rows=3, experiment="nodes",
-        rule_resources=VICTIM, quality={"engine": "zipf", "pool": {"num_cpus": 0.5, "batch_size": 3, "resources": VICTIM}},
+        rules={"pool": {"count": None, "num_cpus": 0.5, "resources": VICTIM}}, quality={"engine": "zipf", "batch_size": 3, "pool": {"num_cpus": 0.5, "resources": VICTIM}},
         # The LLM tagger (one row per shard) is what makes shards arrive one by one over tens of seconds:
         # without it the whole corpus is one Finisher batch and every shard lands in the same instant.
         tagger={"enabled": True, "categories": ["format"], "max_rows": 31, "max_prompt_chars": 200,
-                "pool": {"concurrency": 1, "num_cpus": 0.5, "batch_size": 1, "resources": VICTIM}}))
+                "batch_size": 1, "pool": {"count": 1, "num_cpus": 0.5, "resources": VICTIM}}))
     (workdir / "config.json").write_text(cfg.model_dump_json())
     return [r["id"] for r in rows], cfg
 
@@ -167,7 +167,7 @@ def shards_written_twice(workdir: Path) -> list[str]:
 
 def plan_of(cfg) -> list[dict]:
     from treasure import storage
-    from treasure.annotate.stage import plan_shards
+    from treasure.annotate.shards import plan_shards
 
     return plan_shards(cfg.input, storage.read_manifest(cfg.input), cfg.shard_rows, 0)
 
@@ -183,7 +183,7 @@ def train_config(workdir: Path):
     cfg = TrainConfig.model_validate(dict(
         input=str(workdir / "annotated"), output=str(workdir / "ckpt"), experiment="nodes-train",
         max_length=96, batch_size=4, max_steps=60, warmup_steps=2, checkpoint_every=4, max_failures=2,
-        learning_rate=3e-3, num_workers=1, cpus_per_worker=1, log_every=1, worker_resources={"victim": 1},
+        learning_rate=3e-3, pool={"count": 1, "num_cpus": 1, "resources": {"victim": 1}}, log_every=1,
         model={"kind": "tiny", "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                "intermediate_size": 64, "tokenizer_cache": str(workdir / "tok")}))
     (workdir / "config.json").write_text(cfg.model_dump_json())

@@ -42,7 +42,7 @@ def test_annotate_tagger_actor_killed(tmp_path, ray_local, annotate_mlflow, chec
     cfg = AnnotateConfig.model_validate(annotate_fixtures.base_config(
         str(tmp_path / "normalized"), str(tmp_path / "annotated"), shard_rows=3, quality={"enabled": False},
         tagger={"enabled": True, "categories": ["format"], "max_rows": 27, "max_prompt_chars": 200,
-                "pool": {"concurrency": 1, "num_cpus": 0.5, "batch_size": 1}}))
+                "batch_size": 1, "pool": {"count": 1, "num_cpus": 0.5}}))
     check_record(scenarios.annotate_tagger_killed(ray_local, cfg, ids))
 
 

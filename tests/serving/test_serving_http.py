@@ -14,6 +14,7 @@ import time
 
 import httpx
 import pytest
+from marker_lessons import LESSONS, PROMPT
 
 from treasure.serving.sse import parse_events
 
@@ -26,6 +27,19 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def base(serve_app):
     return serve_app(auth_token_env=TOKEN_ENV, max_body_bytes=2048, max_prompt_tokens=200, max_tokens_limit=48,
                      default_max_tokens=8, max_ongoing_requests=2, max_queued_requests=2, max_batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def marked(serve_app, lessons_checkpoint):
+    """An app on tests/marker_lessons.py's marked model: greedy, it writes a marker block and then the
+    answer it learnt, so there is a real block for the server to strip and read markers from (the
+    tiny random model of `base` never writes one)."""
+    return serve_app(checkpoint=str(lessons_checkpoint), model_name="lessons", auth_token_env=TOKEN_ENV)
+
+
+# What the marked model writes for PROMPT: its block's markers, then the concise answer.
+_, TASK, DOMAIN, CONCISE, _ = LESSONS[0]
+INFERRED = {"task": TASK, "domain": DOMAIN, "language": "English"}
 
 
 def post(base, path, body, headers=AUTH, **kw):
@@ -47,7 +61,6 @@ def test_generate_returns_text_markers_usage(base, smollm2_tokenizer):
     body = r.json()
     assert body["markers"]["requested"] == {"length_tokens": "5", "length_bucket": "concise"}
     assert isinstance(body["markers"]["inferred"], dict) and isinstance(body["text"], str)
-    assert "<TEMPLATE>" not in body["text"]
     # usage counts every generated token, the block's own budget included; the answer is held to max_tokens.
     assert body["usage"]["completion_tokens"] <= 12 + _block_budget(base) and body["usage"]["prompt_tokens"] > 5
     assert _tokens(smollm2_tokenizer, body["text"]) <= 12
@@ -69,15 +82,12 @@ def test_openai_client_plain_and_streaming(base, smollm2_tokenizer):
     out = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10,
                                          extra_body={"markers": {"domain": "Culture"}})
     assert out.object == "chat.completion" and out.choices[0].message.role == "assistant"
-    assert "<TEMPLATE>" not in out.choices[0].message.content
     assert out.model_extra["markers"]["requested"] == {"domain": "Culture"}
     assert out.usage.completion_tokens <= 10 + _block_budget(base)
     assert _tokens(smollm2_tokenizer, out.choices[0].message.content) <= 10
 
     chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, stream=True,
                                                  extra_body={"markers": {"domain": "Culture"}}))
-    text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert "<TEMPLATE>" not in text
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     assert chunks[-1].model_extra["markers"]["requested"] == {"domain": "Culture"}
 
@@ -93,7 +103,49 @@ def test_generate_streaming_matches_non_streaming_and_never_shows_the_block(base
     # Greedy decoding: the streamed answer is the same text as the batched one (batch of one here).
     assert streamed == whole["text"]
     assert events[-2]["markers"] == whole["markers"]
-    assert all("<TEMPLATE" not in e.get("text", "") for e in events[:-1])
+
+
+@pytest.mark.parametrize("requested", [{"length_bucket": "concise"}, {}], ids=["prefilled", "whole-block"])
+def test_the_block_is_stripped_and_its_markers_returned(marked, lessons_checkpoint, requested):
+    """Prefilled: the server opens the block with the requested marker and the model completes it;
+    whole-block: the model writes all of it. Either way the caller gets the answer alone and the
+    markers the model chose, on every endpoint."""
+    from transformers import AutoTokenizer
+
+    inferred = {**({} if requested else {"length_bucket": "concise"}), **INFERRED}
+    body = post(marked, "/v1/generate", {"prompt": PROMPT, "markers": requested, "max_tokens": 40}).json()
+    assert body["text"] == CONCISE, body
+    assert body["markers"] == {"requested": requested, "inferred": inferred} and body["finish_reason"] == "stop"
+    # The block's tokens are generated tokens too: usage counts them, the answer's budget does not.
+    answer_tokens = len(AutoTokenizer.from_pretrained(lessons_checkpoint)(CONCISE, add_special_tokens=False)["input_ids"])
+    assert body["usage"]["completion_tokens"] > answer_tokens + 10
+    chat = post(marked, "/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}], "markers": requested,
+                                                 "max_tokens": 40}).json()
+    assert chat["choices"][0]["message"]["content"] == CONCISE, chat
+    assert chat["markers"] == chat["choices"][0]["markers"] == body["markers"]
+    completion = post(marked, "/v1/completions", {"prompt": PROMPT, "markers": requested, "max_tokens": 40}).json()
+    assert completion["choices"][0]["text"] == CONCISE and completion["markers"] == body["markers"], completion
+
+
+def test_a_stream_never_shows_the_block(marked):
+    """The block streams token by token before the answer: every delta is answer text, and the
+    summary event carries the markers read from the block (the same as a plain request's)."""
+    from openai import OpenAI
+
+    body = {"prompt": PROMPT, "max_tokens": 40}
+    whole = post(marked, "/v1/generate", body).json()
+    events = parse_events(post(marked, "/v1/generate", {**body, "stream": True}).text)
+    assert events[-1] == "[DONE]"
+    deltas = [e["text"] for e in events[:-1] if "text" in e]
+    assert "".join(deltas) == whole["text"] == CONCISE and all("<" not in d for d in deltas), deltas
+    assert events[-2]["markers"] == whole["markers"] == {"requested": {}, "inferred": {"length_bucket": "concise", **INFERRED}}
+
+    client = OpenAI(base_url=f"{marked}/v1", api_key=TOKEN, max_retries=0, timeout=60)
+    chunks = list(client.chat.completions.create(model="lessons", messages=[{"role": "user", "content": PROMPT}],
+                                                 max_tokens=40, stream=True,
+                                                 extra_body={"markers": {"length_bucket": "concise"}}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == CONCISE
+    assert chunks[-1].model_extra["markers"] == {"requested": {"length_bucket": "concise"}, "inferred": INFERRED}
 
 
 def test_injection_does_not_change_requested_markers(base):
@@ -187,7 +239,10 @@ def test_the_token_is_not_visible_in_the_dashboard(base, ray_local):
     views = [httpx.get(f"http://{dashboard}{path}", timeout=30) for path in ("/api/serve/applications/", "/api/jobs/")]
     assert [v.status_code for v in views] == [200, 200]
     assert "TreasureServer" in views[0].text  # the view does show the app (and so would show its runtime env)
-    actors = json.dumps([a for a in list_actors(detail=True, limit=10000, raise_on_missing_output=False)], default=str)
+    # This session's cluster by its address: another cluster on the machine makes auto-detection fail.
+    address = ray_local.get_runtime_context().gcs_address
+    actors = json.dumps([a for a in list_actors(address=address, detail=True, limit=10000, raise_on_missing_output=False)],
+                        default=str)
     assert "ServeReplica" in actors
     for text in (views[0].text, views[1].text, actors):
         assert TOKEN not in text

@@ -1,7 +1,7 @@
 """The marker playground page in a real browser (Debian's headless Chromium through chromedriver)
 against two real Serve applications on the shared local Ray: a marked model and a baseline.
 
-Both models are trained here, in a few seconds each (tests/marker_lessons.py): the marked one
+Both are tests/marker_lessons.py's models (the marked one the session's `lessons_checkpoint`): the marked one
 learns to write a marker block whose answer follows length_bucket, so the page has real inferred
 markers to show. The page must render exactly what the API returns for the request its own curl
 snippet shows (greedy decoding, same seed), requested and inferred markers included.
@@ -28,9 +28,9 @@ AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def apps(serve_app, tmp_path_factory, taxonomy):
+def apps(serve_app, tmp_path_factory, taxonomy, lessons_checkpoint):
     """(marked app URL, baseline app URL): two applications behind one Serve proxy, auth on."""
-    marked = train_lessons(tmp_path_factory.mktemp("marked"), taxonomy, markers=True, steps=150)
+    marked = lessons_checkpoint  # trained once per session (tests/conftest.py)
     baseline = train_lessons(tmp_path_factory.mktemp("baseline"), taxonomy, markers=False, steps=60)
     common = dict(engine="transformers", auth_token_env=TEST_TOKEN_ENV, num_cpus=0.25)
     return (serve_app(checkpoint=str(marked), model_name="marked", **common),

@@ -66,7 +66,7 @@ def tiny_train_config(tmp_path, annotated_dir):
     def make(**overrides):
         base = dict(input=str(annotated_dir), output=str(tmp_path / "ckpt"), experiment="test-train",
                     max_length=96, batch_size=8, max_steps=6, warmup_steps=2, checkpoint_every=3,
-                    learning_rate=3e-3, num_workers=1, cpus_per_worker=1, log_every=1,
+                    learning_rate=3e-3, pool={"count": 1, "num_cpus": 1}, log_every=1,
                     model={"kind": "tiny", "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                            "intermediate_size": 64, "tokenizer_cache": str(tmp_path / "tok")})
         base.update(overrides)

@@ -158,12 +158,3 @@ def test_concurrent_loads_of_one_version_share_a_whole_copy(bpe_checkpoint, s3_b
     with cf.ThreadPoolExecutor(4) as pool:
         dirs = list(pool.map(lambda _: read_checkpoint(f"{s3_bucket}/ckpt").local_dir, range(4)))
     assert len(set(dirs)) == 1 and validate(dirs[0]) == []
-
-
-def test_checkpoint_docstring_examples_hold():
-    import doctest
-
-    import treasure.models.checkpoint as ckpt
-
-    result = doctest.testmod(ckpt, verbose=False)
-    assert result.attempted > 0 and result.failed == 0

@@ -18,7 +18,7 @@ def test_demo_section_and_baseline_override(repo):
 
 
 @pytest.mark.parametrize("override, message", [
-    (["strategy=fsdp"], "fsdp needs use_gpu"),
+    (["strategy=fsdp"], "fsdp needs GPUs"),
     (["lora.enabled=true"], "lora.enabled with model.kind=tiny"),
     (["model.kind=hf"], "needs model.path"),
     (["model.kind=smollm2"], "kind: hf, path: packaged:smollm2"),

@@ -5,17 +5,58 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
-def _generates(folder) -> bool:
+def _generates(folder) -> str:
+    """What the checkpoint answers with plain transformers (greedy); fails when the checkpoint is broken.
+
+    Loading alone proves little: a weights file that lacks tensors still loads (transformers fills
+    them in at random and only logs it), and NaN weights still emit tokens (the argmax of NaN
+    logits). So every weight must come from the file, the logits must be finite, and the new tokens
+    must decode to text.
+    """
+    import torch
+
     tok = AutoTokenizer.from_pretrained(folder)
-    lm = AutoModelForCausalLM.from_pretrained(folder)
+    lm, loading = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert not any(loading.values()), f"{folder}: weights not as saved: {loading}"
     prompt = tok.apply_chat_template([{"role": "user", "content": "Write about the river."}], tokenize=False,
                                      add_generation_prompt=True)
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        logits = lm(**ids).logits
+    assert torch.isfinite(logits).all(), f"{folder}: non-finite logits"
     out = lm.generate(**ids, max_new_tokens=8, do_sample=False)
-    return out.shape[1] > ids["input_ids"].shape[1]
+    new = out[0, ids["input_ids"].shape[1]:]
+    text = tok.decode(new, skip_special_tokens=True)
+    assert len(new) > 0 and text, f"{folder}: generated {new.tolist()}, decoded {text!r}"
+    return text
+
+
+@pytest.mark.parametrize("broken, why", [
+    ("missing", "weights not as saved"),  # a tensor left out of model.safetensors
+    ("nan", "non-finite logits"),  # a diverged run's weights
+    ("zeros", "decoded ''"),  # all-zero logits: only token 0, a special token, comes out
+])
+def test_generates_fails_for_a_broken_checkpoint(bpe_checkpoint, tmp_path, broken, why):
+    """The check the stage tests rely on passes for a sound checkpoint and fails for broken ones."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    assert _generates(bpe_checkpoint)
+    folder = tmp_path / broken
+    shutil.copytree(bpe_checkpoint, folder)
+    weights = load_file(folder / "model.safetensors")
+    if broken == "missing":
+        weights.pop("model.layers.0.mlp.down_proj.weight")
+    else:
+        weights["model.norm.weight"] = weights["model.norm.weight"] * (float("nan") if broken == "nan" else 0.0)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(AssertionError, match=why):
+        _generates(folder)
 
 
 def test_marked_model_to_s3_loads_with_transformers(ray_local, tiny_train_config, mlflow_env, s3_bucket, tmp_path, monkeypatch):
@@ -70,7 +111,7 @@ def test_baseline_on_two_workers_reads_two_shards(ray_local, tiny_train_config, 
 
     from treasure.train.stage import run
 
-    cfg = tiny_train_config(markers=False, num_workers=2, cpus_per_worker=1, batch_size=4)
+    cfg = tiny_train_config(markers=False, pool={"count": 2, "num_cpus": 1}, batch_size=4)
     summary = run(cfg)
     tags = mlflow.MlflowClient().get_run(summary["mlflow_run_id"]).data.tags
     shards = [tags["shard.rank0"], tags["shard.rank1"]]  # "rows:fingerprint of ids"

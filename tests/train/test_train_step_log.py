@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
+from ports import free_port
 
 from treasure.train.loop import StepLog
 
@@ -67,9 +67,7 @@ def test_two_ranks_average_loss_and_sum_tokens_in_one_flush():
     """A real gloo group of two processes: loss is the mean over ranks, tokens the sum, on every rank."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_ddp_rank, args=(r, port, queue)) for r in range(2)]

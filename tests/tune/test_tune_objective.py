@@ -120,12 +120,3 @@ def test_trial_report_objective_by_hand():
     # 1.0 * 0.25 - 0.5 * 0.20 - 0.1 * 4.0 = 0.25 - 0.10 - 0.40 = -0.25
     assert last["objective"] == pytest.approx(-0.25) and last["round_objective"] == pytest.approx(-4.0)
     assert last["longtail.inference.accuracy"] == pytest.approx(0.25) and last["heldout.tail.loss"] == 4.0
-
-
-@pytest.mark.parametrize("module", ["objective", "longtail", "rounds", "config", "trial", "heldout_loss", "search"])
-def test_tune_docstring_examples_hold(module):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(f"treasure.tune.{module}"), verbose=False)
-    assert result.attempted > 0 and result.failed == 0

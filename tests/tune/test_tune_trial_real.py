@@ -26,7 +26,7 @@ def test_real_search_trains_evaluates_and_registers(repo, tmp_path, taxonomy, ra
     tune_real_data.write_annotated(str(data), tune_real_data.make_rows(240), taxonomy.version)
     train = {"input": str(data), "output": str(tmp_path / "marked"), "experiment": "tune-real", "max_length": 64,
              "batch_size": 8, "max_steps": 4, "warmup_steps": 2, "checkpoint_every": 100, "learning_rate": 3e-3,
-             "num_workers": 1, "cpus_per_worker": 1, "log_every": 1,
+             "pool": {"count": 1, "num_cpus": 1}, "log_every": 1,
              "model": {"kind": "tiny", "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                        "intermediate_size": 64, "tokenizer_cache": str(tmp_path / "tok")}}
     baseline = train_stage.run(TrainConfig.model_validate({**train, "markers": False, "output": str(tmp_path / "baseline")}))

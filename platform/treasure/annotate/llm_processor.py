@@ -77,13 +77,13 @@ def answers_by_row(cfg: AnnotateConfig, requests) -> dict[str, dict[str, tuple[s
     from treasure.models.processor import cpu_engine_env, reshape_map_kwargs
 
     t, p = cfg.tagger, cfg.tagger.pool
-    bundle = {"CPU": p.num_cpus, **({"GPU": p.num_gpus} if p.num_gpus else {}), **p.resources}
+    bundle = p.bundle()
     processor = build_processor(
         vLLMEngineProcessorConfig(
             model_source=model_folder(t.model),
             engine_kwargs={"dtype": auto_dtype("vllm", "cuda" if p.num_gpus else "cpu"), "enforce_eager": not p.num_gpus,
-                           "enable_prefix_caching": True, "max_num_seqs": p.batch_size, "max_model_len": 4096},
-            batch_size=p.batch_size, concurrency=p.concurrency, placement_group_config={"bundles": [bundle]},
+                           "enable_prefix_caching": True, "max_num_seqs": t.batch_size, "max_model_len": 4096},
+            batch_size=t.batch_size, concurrency=p.count, placement_group_config={"bundles": [bundle]},
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, should_continue_on_error=True,
             runtime_env=cpu_engine_env(),
         ),
@@ -140,8 +140,8 @@ def tag_with_processor(rows, cfg: AnnotateConfig):
     config_json = cfg.model_dump_json()
     rows = rows.materialize()  # read once: the requests and the merge both start from these rows
     requests = rows.flat_map(tag_requests, fn_kwargs={"config_json": config_json, "folder": model_folder(cfg.tagger.model)},
-                             num_cpus=cfg.rule_num_cpus)
+                             num_cpus=cfg.rules.pool.num_cpus)
     answers = answers_by_row(cfg, requests) if requests.count() else {}
     ref = ray.put(answers)
     return rows.map_batches(apply_answers, fn_kwargs={"config_json": config_json, "answers": ref},
-                            batch_format="pandas", num_cpus=cfg.rule_num_cpus)
+                            batch_format="pandas", num_cpus=cfg.rules.pool.num_cpus)

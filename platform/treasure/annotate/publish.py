@@ -1,4 +1,5 @@
-"""Publishing the annotate stage: finished shards → final parts, errors table, report, manifest last.
+"""Publishing the annotate stage: finished shards → final parts, errors table, report (staged; the
+stage contract, treasure.stage, moves them into place and commits the manifest last).
 
 quality_bucket needs every row's quality (quartiles per language), so it is set here, over all
 shards. Before the manifest is written, the row invariant (input rows = annotated rows + error
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 from treasure import storage
 from treasure.annotate.merge import prov
 from treasure.annotate.quality import quality_buckets
+from treasure.annotate.shards import ERROR_COLUMNS, shard_dir
 from treasure.annotate.report import marker_report, report_markdown, report_png
 from treasure.heldout import is_derived
 
@@ -46,11 +48,12 @@ def add_quality_buckets(df: pd.DataFrame, model: str) -> pd.DataFrame:
     return df.assign(markers=markers, provenance=provenance)
 
 
-def publish(cfg, taxonomy, specs: list[dict], source_manifest: dict, run_id: str, metrics: dict) -> dict:
-    """Write the final output of all (finished) shards and commit its manifest; returns the summary."""
+def publish(cfg, taxonomy, specs: list[dict], source_manifest: dict, attempt, metrics: dict):
+    """The final output of all (finished) shards written to the attempt's staging; returns the
+    stage's Result (summary and manifest fields: the contract commits them)."""
     import mlflow
 
-    from treasure.annotate.stage import ERROR_COLUMNS, shard_dir
+    from treasure.stage import Result
 
     frames, errors = [], []
     for s in specs:
@@ -72,14 +75,11 @@ def publish(cfg, taxonomy, specs: list[dict], source_manifest: dict, run_id: str
     data["markers"] = [json.dumps(taxonomy.validate_markers(m), ensure_ascii=False) for m in data["markers"]]
     data["provenance"] = [json.dumps({k: p[k] for k in taxonomy.names if k in p}, ensure_ascii=False) for p in data["provenance"]]
 
-    files = []
     for part, df in data.groupby("_part", sort=True):
-        uri = storage.join(cfg.output, "data", f"part-{part}.parquet")
+        uri = attempt.path(f"data/part-{part}.parquet")
         _write(uri, df[OUTPUT_COLUMNS])
-        files.append(uri)
-    err_uri = storage.join(cfg.output, "errors", "part-00000.parquet")
+    err_uri = attempt.path("errors/part-00000.parquet")
     _write(err_uri, errs[ERROR_COLUMNS])
-    files.append(err_uri)
 
     # Length variants (treasure.corpus.length_variants) get their own rows in the per-source table.
     sources = [f"{s} (variants)" if is_derived(i) else s for s, i in zip(data["source"], data["id"])]
@@ -87,27 +87,21 @@ def publish(cfg, taxonomy, specs: list[dict], source_manifest: dict, run_id: str
     report_files = {"json": json.dumps(report, indent=2, ensure_ascii=False).encode(),
                     "md": report_markdown(report).encode(), "png": report_png(report)}
     for ext, blob in report_files.items():
-        uri = storage.join(cfg.output, "report", f"marker_report.{ext}")
+        uri = attempt.path(f"report/marker_report.{ext}")
         storage.write_bytes(uri, blob)
-        files.append(uri)
         if ext != "png":
             mlflow.log_text(blob.decode(), f"report/marker_report.{ext}")
     mlflow.log_image(_png_array(report_files["png"]), "report/marker_report.png")
 
     tagged = sum(1 for p in data["provenance"] for c in json.loads(p).values() if c["by"] == "llm" and not str(c.get("note") or "").startswith("not tagged"))
-    all_metrics = {**metrics, "rows": len(data), "error_rows": len(errs), "input_rows": input_rows, "tagger_answers": tagged,
-                   "rows_per_s": round(input_rows / max(metrics["seconds"], 1e-9), 2)}
+    seconds = attempt.seconds()
+    all_metrics = {**metrics, "seconds": seconds, "rows": len(data), "error_rows": len(errs), "input_rows": input_rows,
+                   "tagger_answers": tagged, "rows_per_s": round(input_rows / max(seconds, 1e-9), 2)}
     mlflow.log_metrics({k: float(v) for k, v in all_metrics.items()})
-    summary = {"output": cfg.output, "manifest_id": None, "mlflow_run_id": run_id, "metrics": all_metrics}
-    manifest = storage.commit_manifest(cfg.output, files, {
+    print(f"annotate: input rows {input_rows} = annotated {len(data)} + errors {len(errs)}", flush=True)
+    return Result(summary={"metrics": all_metrics}, manifest={
         "rows": len(data), "error_rows": len(errs), "input_rows": input_rows,
-        "input_manifest_id": source_manifest["manifest_id"], "taxonomy_version": taxonomy.version,
-        "config": cfg.model_dump(mode="json"), "summary": summary,
-    })
-    summary["manifest_id"] = manifest["manifest_id"]
-    # The committed summary carries manifest_id=None (the id hashes the manifest); fill it for callers.
-    print(f"annotate: input rows {input_rows} = annotated {len(data)} + errors {len(errs)}; manifest {manifest['manifest_id']}", flush=True)
-    return summary
+        "input_manifest_id": source_manifest["manifest_id"], "taxonomy_version": taxonomy.version})
 
 
 def _png_array(png: bytes):

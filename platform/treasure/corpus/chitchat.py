@@ -15,7 +15,7 @@ from pathlib import Path
 
 from treasure.corpus.config import ChitchatSource
 from treasure.corpus.readers import decode
-from treasure.corpus.schema import Candidate, Rejected
+from treasure.corpus.schema import ParsedRecord, Rejected
 from treasure.corpus.sources import BadRecord, Item, SourceInput, raw_json, read_file, resolve
 
 HINTS = {"domain_hint": "Conversation", "task_hint": "OpenEnded", "style": "Informal", "source_kind": "Human"}
@@ -50,7 +50,7 @@ def conversation_pairs(conv_id: str, conv, label: str) -> tuple[list[Item], bool
         except BadRecord as e:
             items.append(Rejected(where, str(e), raw_json(turns[i - 1: i + 1])))
             continue
-        items.append(Candidate(where, prompt, response, "English", {**metadata, "turn": i}))
+        items.append(ParsedRecord(where, prompt, response, "English", {**metadata, "turn": i}))
     return items, len(turns) == 1
 
 

@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 
 from treasure.corpus.config import MathematicsSource
-from treasure.corpus.schema import Candidate, Rejected
+from treasure.corpus.schema import ParsedRecord, Rejected
 from treasure.corpus.sources import Item, SourceInput
 
 HINTS = {"domain_hint": "Math", "task_hint": "Reasoning", "source_kind": "Synthetic"}
@@ -190,7 +190,7 @@ def _generate_all(available: dict, per_module: dict[str, int], limits: tuple[int
                     items.append(Rejected(label, f"generation failed: {type(e).__name__}: {e}", ""))
                     continue
                 resampled += extra
-                items.append(Candidate(label, question, answer, "English", metadata))
+                items.append(ParsedRecord(label, question, answer, "English", metadata))
     finally:
         random.setstate(saved[0])
         np.random.set_state(saved[1])

@@ -9,9 +9,9 @@ Every input record of a source ends in exactly one bucket, and `normalize_source
 - capped: a valid row left out by `max_rows`, chosen by a hash of (seed, id), so the kept rows do
   not depend on file order and a bigger cap keeps every row a smaller one kept.
 
->>> from treasure.corpus.schema import Candidate
->>> r = normalize_source("demo", [Candidate("f:1", " 2+3? ", "5"), Candidate("f:2", "2+3?", "5"),
-...                               Candidate("f:3", "", "x")], max_rows=None, seed=0)
+>>> from treasure.corpus.schema import ParsedRecord
+>>> r = normalize_source("demo", [ParsedRecord("f:1", " 2+3? ", "5"), ParsedRecord("f:2", "2+3?", "5"),
+...                               ParsedRecord("f:3", "", "x")], max_rows=None, seed=0)
 >>> [row["prompt"] for row in r.rows], r.duplicates, [e["reason"] for e in r.errors]
 (['2+3?'], 1, ['empty prompt'])
 """
@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from treasure.corpus.schema import Candidate, Rejected, clip_raw, make_id
+from treasure.corpus.schema import ParsedRecord, Rejected, clip_raw, make_id
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _text_problem(name: str, value) -> str | None:
     return None
 
 
-def check(source: str, item: Candidate) -> dict | Rejected:
+def check(source: str, item: ParsedRecord) -> dict | Rejected:
     """A checked row (columns of schema.ROW_SCHEMA) or the reason the record is rejected."""
     problem = (_text_problem("prompt", item.prompt) or _text_problem("response", item.response)
                or (item.language is not None and _text_problem("language", item.language)) or None)
@@ -133,7 +133,7 @@ class Tally:
                 "capped": self.capped, **self.stats}
 
 
-def normalize_source(source: str, items: Iterable[Candidate | Rejected], max_rows: int | None, seed: int,
+def normalize_source(source: str, items: Iterable[ParsedRecord | Rejected], max_rows: int | None, seed: int,
                      stats: dict | None = None) -> SourceResult:
     """Check, dedup and cap one source's items in memory; every item is accounted for exactly once."""
     result, tally = SourceResult(source, stats=dict(stats or {})), Tally(source, max_rows, seed)

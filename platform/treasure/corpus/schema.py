@@ -1,7 +1,7 @@
 """The normalized corpus schema: columns, stable ids, and what a reader hands to the normalizer.
 
-A reader turns one input record into either a `Candidate` (fields not yet checked) or a
-`Rejected` (it could not even be parsed). The normalizer checks candidates into rows:
+A reader turns one input record into either a `ParsedRecord` (fields not yet checked) or a
+`Rejected` (it could not even be parsed). The normalizer checks parsed records into rows:
 
 >>> make_id("mathematics", "Add 2 and 3.", "5")
 'mathematics:d65e3ed92abc58e7'
@@ -47,7 +47,7 @@ def make_id(source: str, prompt: str, response: str) -> str:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class ParsedRecord:
     """One parsed input record, before its fields are checked."""
 
     record: str

@@ -1,7 +1,7 @@
 """Readers of file sources: Arena-Hard, Alpaca-zh, Self-Instruct and any user file with a field mapping.
 
 A reader takes its source config and the `input` root and returns `SourceInput`: every input record
-as a `Candidate` or a `Rejected`, plus the lineage of what it read (URIs and sha256 of the bytes).
+as a `ParsedRecord` or a `Rejected`, plus the lineage of what it read (URIs and sha256 of the bytes).
 Paths are local paths or s3:// URIs (read through `treasure.storage`). Raw per-source fields go
 into `metadata`, together with hints the metadata annotator maps to markers; docs/corpus.md lists
 them. Hints use taxonomy spelling: `domain_hint`, `task_hint`, `source_kind`, `style`.
@@ -18,9 +18,9 @@ from treasure import storage
 from treasure.corpus.config import AlpacaZhSource, ArenaHardSource, FileSource, SelfInstructSource
 from treasure.corpus import conversations
 from treasure.corpus.readers import format_of, records
-from treasure.corpus.schema import BadRecord, Candidate, Rejected
+from treasure.corpus.schema import BadRecord, ParsedRecord, Rejected
 
-Item = Union[Candidate, Rejected]
+Item = Union[ParsedRecord, Rejected]
 
 
 @dataclass
@@ -73,7 +73,7 @@ def raw_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str)
 
 
-def map_records(parsed: Iterable, build: Callable[[str, dict], Candidate | list[Candidate]]) -> list[Item]:
+def map_records(parsed: Iterable, build: Callable[[str, dict], ParsedRecord | list[ParsedRecord]]) -> list[Item]:
     """Apply `build` to each parsed record; a `BadRecord` becomes a `Rejected` with the raw record."""
     items: list[Item] = []
     for rec in parsed:
@@ -131,7 +131,7 @@ def read_arena_hard(cfg: ArenaHardSource, root: str) -> SourceInput:
 
     items += map_records(records(read_file(storage.join(folder, cfg.answers), lineage), cfg.answers), take_answer)
 
-    def build(label: str, obj: dict) -> Candidate:
+    def build(label: str, obj: dict) -> ParsedRecord:
         uid = text_of(obj, "uid")
         if uid not in answers:
             raise BadRecord("no answer for this uid")
@@ -139,7 +139,7 @@ def read_arena_hard(cfg: ArenaHardSource, root: str) -> SourceInput:
         category, sub = text_of(obj, "category", False), text_of(obj, "subcategory", False)
         metadata = {"uid": uid, "category": category, "subcategory": sub, "response_model": model,
                     "source_kind": "Synthetic", **ARENA_HINTS.get(sub or "", {})}
-        return Candidate(label, obj.get("prompt"), answer, None, metadata)
+        return ParsedRecord(label, obj.get("prompt"), answer, None, metadata)
 
     items += map_records(records(read_file(storage.join(folder, cfg.questions), lineage), cfg.questions), build)
     # Answers left over matched no question: reported, not dropped.
@@ -187,23 +187,23 @@ def file_units(cfg: FileSource, root: str) -> list[tuple[str, str]]:
     return files
 
 
-def record_builder(cfg: FileSource) -> Callable[[str, dict], Candidate | list[Candidate]]:
-    """record -> candidate(s) through the source's field mapping or conversation shape."""
+def record_builder(cfg: FileSource) -> Callable[[str, dict], ParsedRecord | list[ParsedRecord]]:
+    """record -> ParsedRecord(s) through the source's field mapping or conversation shape."""
 
     def common(obj: dict) -> tuple[str | None, dict]:
         language = (text_of(obj, cfg.language_field, False) if cfg.language_field else None) or cfg.language
         return language, {**cfg.metadata, **{name: obj.get(name) for name in cfg.metadata_fields}}
 
-    def fields(label: str, obj: dict) -> Candidate:
+    def fields(label: str, obj: dict) -> ParsedRecord:
         prompt = join_text(text_of(obj, f, required=(i == 0)) for i, f in enumerate(cfg.prompt))
         language, metadata = common(obj)
-        return Candidate(label, prompt, text_of(obj, cfg.response), language, metadata)
+        return ParsedRecord(label, prompt, text_of(obj, cfg.response), language, metadata)
 
-    def chat(label: str, obj: dict) -> list[Candidate]:
+    def chat(label: str, obj: dict) -> list[ParsedRecord]:
         field = cfg.conversation or ("messages" if cfg.shape == "messages" else "conversations")
         turns = conversations.chat_turns(obj, field, cfg.shape)
         language, metadata = common(obj)
-        return [Candidate(f"{label}#{k}", prompt, response, language, {**metadata, "turn": k, "turns": len(turns)})
+        return [ParsedRecord(f"{label}#{k}", prompt, response, language, {**metadata, "turn": k, "turns": len(turns)})
                 for k, prompt, response in conversations.exchanges(turns, every=cfg.turns == "every")]
 
     return fields if cfg.shape == "fields" else chat
@@ -236,8 +236,8 @@ def alpaca_zh_mapping(cfg: AlpacaZhSource) -> FileSource:
 def read_alpaca_zh(cfg: AlpacaZhSource, root: str) -> SourceInput:
     result = read_file_source(alpaca_zh_mapping(cfg), root)
     for i, item in enumerate(result.items):
-        if isinstance(item, Candidate):  # record whether the prompt has an input part (task shape)
-            result.items[i] = Candidate(item.record, item.prompt, item.response, item.language,
+        if isinstance(item, ParsedRecord):  # record whether the prompt has an input part (task shape)
+            result.items[i] = ParsedRecord(item.record, item.prompt, item.response, item.language,
                                         {**item.metadata, "has_input": "\n\n" in item.prompt})
     return result
 
@@ -248,7 +248,7 @@ def read_self_instruct(cfg: SelfInstructSource, root: str) -> SourceInput:
     lineage: dict = {}
     uri = resolve(root, cfg.path)
 
-    def build(label: str, obj: dict) -> list[Candidate]:
+    def build(label: str, obj: dict) -> list[ParsedRecord]:
         instruction = text_of(obj, "instruction")
         instances = obj.get("instances")
         if not isinstance(instances, list) or not instances:
@@ -259,7 +259,7 @@ def read_self_instruct(cfg: SelfInstructSource, root: str) -> SourceInput:
             if not isinstance(inst, dict):
                 raise BadRecord(f"wrong type: instance {k} is {type(inst).__name__}")
             prompt = join_text([instruction, text_of(inst, "input", False)])
-            out.append(Candidate(f"{label}#{k}", prompt, text_of(inst, "output"), "English", metadata))
+            out.append(ParsedRecord(f"{label}#{k}", prompt, text_of(inst, "output"), "English", metadata))
         return out
 
     return SourceInput(map_records(records(read_file(uri, lineage), uri), build), lineage)

@@ -10,20 +10,15 @@ Reading streams: every input file (and every bundled source) is a unit read and 
 Data task (`treasure.corpus.units`), in parallel, with outputs in plan order; the driver keeps
 only ids (dedup and the `max_rows` sample), appends rows to staged Parquet parts as they arrive,
 and accounts for every record exactly once. Memory grows with the row count by one id per row,
-not with the text. Files are written under `_staging/<attempt>/` first, copied into place, and
-trusted only once the manifest is committed; the old manifest is removed before anything is
-copied, so a crash never leaves a mix of old and new files published as complete. A committed
-output made by the same config and the same code of this package is returned as is (`force: true`
-recomputes).
+not with the text. Reuse, staged write and the manifest are the stage contract's
+(treasure.stage): a committed output made by the same config and the same code of this package
+is returned as is (`force: true` recomputes); a crash never leaves a mix of old and new files
+published as complete.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
-import uuid
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,6 +29,7 @@ from treasure.corpus.length_variants import answer_words, derive
 from treasure.corpus.normalize import Tally
 from treasure.corpus.schema import ERROR_SCHEMA, ROW_SCHEMA
 from treasure.corpus.units import plan, unit_tables
+from treasure.stage import Attempt, Plan, Result, Stage
 
 
 class PartWriter:
@@ -111,15 +107,15 @@ def merge_lineage(into: dict, lineage: dict) -> None:
             into.setdefault(key, value)
 
 
-def collect(config: NormalizeConfig, staging: str) -> tuple[dict[str, Tally], dict, list[str], dict[str, list[str]]]:
-    """Read every unit into `staging`: unique rows per source (`unique/<source>/`), error rows
-    (`errors/`); returns (tallies, lineage, error part URIs, unique part URIs per source)."""
+def collect(config: NormalizeConfig, staging: str, scratch: str) -> tuple[dict[str, Tally], dict, list[str], dict[str, list[str]]]:
+    """Read every unit: error rows into `staging` (`errors/`), unique rows per source into
+    `scratch` (`<source>/`); returns (tallies, lineage, error part URIs, unique part URIs per source)."""
     units = plan(config)
     enabled = [name for name, cfg in config.sources.items() if cfg.enabled]
     tallies = {name: Tally(name, config.sources[name].max_rows, config.seed) for name in enabled}
     lineage: dict = {"input": config.input, "sources": {name: {} for name in enabled}}
     errors = PartWriter(storage.join(staging, "errors"), ERROR_SCHEMA, config.rows_per_file)
-    unique = {name: PartWriter(storage.join(staging, "unique", name), ROW_SCHEMA, 100_000) for name in enabled}
+    unique = {name: PartWriter(storage.join(scratch, name), ROW_SCHEMA, 100_000) for name in enabled}
     for table in unit_stream(units):
         for source in set(table.column("source").to_pylist()):
             part = table.filter(pa.compute.equal(table.column("source"), source))
@@ -169,82 +165,55 @@ def read_parquet(uri: str) -> pa.Table:
         return pq.read_table(f)
 
 
-def publish(config: NormalizeConfig, staging: str, staged: list[str], per: dict[str, dict], extra: dict) -> dict:
-    """Copy the staged data and error parts into place, commit the manifest last; returns the manifest."""
-    out = config.output
-    for stale in ("manifest.json", "data", "errors"):  # the manifest goes first
-        storage.delete(storage.join(out, stale))
-    fs, _ = storage.filesystem(out)
-    final = []
-    for uri in staged:
-        target = storage.join(out, uri[len(staging) + 1:])
-        fs.create_dir(storage.filesystem(target)[1].rsplit("/", 1)[0], recursive=True)
-        fs.copy_file(storage.filesystem(uri)[1], storage.filesystem(target)[1])
-        final.append(target)
-    storage.delete(storage.join(out, "_staging"))
-    rows = sum(c["rows"] for c in per.values())  # kept records + derived variants
-    manifest_extra = {
-        "stage": "normalize", "rows": rows, "error_rows": sum(c["errors"] for c in per.values()),
+def manifest_fields(per: dict[str, dict]) -> dict:
+    """The manifest's counts: rows, errors, duplicates, capped and records, in total and per source."""
+    return {
+        "rows": sum(c["rows"] for c in per.values()),  # kept records + derived variants
+        "error_rows": sum(c["errors"] for c in per.values()),
         "rows_per_source": {s: c["rows"] for s, c in per.items()},
         "errors_per_source": {s: c["errors"] for s, c in per.items()},
         "duplicates_per_source": {s: c["duplicates"] for s, c in per.items()},
         "capped_per_source": {s: c["capped"] for s, c in per.items()},
         "records_per_source": {s: c["records"] for s, c in per.items()},
         "duplicates": sum(c["duplicates"] for c in per.values()),
-        "source_stats": per, "config": config_record(config), "code_version": code_version(), **extra,
+        "source_stats": per,
     }
-    return storage.commit_manifest(out, final, manifest_extra)
 
 
-def config_record(config: NormalizeConfig) -> dict:
-    """The config as recorded in the manifest (`force` changes how, not what, so it is left out)."""
-    return config.model_dump(mode="json", exclude={"force"})
+def plan_normalize(config: NormalizeConfig) -> Plan:
+    return Plan(run_name="normalize")
 
 
-def code_version() -> str:
-    """Hash of this package's source: a cached result is reused only if the code that made it is the same."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def summary(manifest: dict, output: str, cached: bool) -> dict:
-    metrics = {"rows": manifest["rows"], "error_rows": manifest["error_rows"], "duplicates": manifest["duplicates"],
-               "records": sum(manifest["records_per_source"].values()),
-               "capped": sum(manifest["capped_per_source"].values())}
-    return {"output": output, "manifest_id": manifest["manifest_id"], "mlflow_run_id": manifest.get("mlflow_run_id"),
-            "metrics": metrics, "per_source": manifest["source_stats"], "cached": cached}
-
-
-def run(config: NormalizeConfig, *, parent_run_id: str | None = None) -> dict:
-    """Normalize every source into `config.output`; returns {output, manifest_id, mlflow_run_id, metrics, ...}."""
-    existing = storage.read_manifest(config.output)
-    same = existing and existing.get("config") == config_record(config) and existing.get("code_version") == code_version()
-    if same and not config.force:
-        storage.verify_manifest(config.output, existing)
-        return summary(existing, config.output, cached=True)
+def work(config: NormalizeConfig, plan: Plan, attempt: Attempt) -> Result:
+    """Read every unit, write the data and error parts to the attempt's staging; log the counts."""
     import mlflow
 
-    started = time.perf_counter()
-    staging = storage.join(config.output, "_staging", uuid.uuid4().hex[:12])
-    storage.delete(storage.join(config.output, "_staging"))  # a crashed attempt's files: never trusted
-    tallies, lineage, error_parts, unique = collect(config, staging)
-    data_parts = finish_rows(config, tallies, unique, storage.join(staging, "data"))
+    scratch = storage.join(attempt.scratch, "unique")
+    storage.delete(scratch)  # a crashed attempt's rows: never trusted
+    tallies, lineage, _, unique = collect(config, attempt.staging, scratch)
+    finish_rows(config, tallies, unique, attempt.path("data"))
+    storage.delete(scratch)
     per = {}
     for name, tally in tallies.items():
         per[name] = tally.counts()  # raises unless every record is accounted for
         per[name]["rows"] += per[name].get("derived", 0)  # rows = kept records + derived variants
-    with tracking.run(config.experiment, "normalize", config=config, lineage=lineage,
-                      parent_run_id=parent_run_id, tags={"stage": "normalize"}) as active:
-        reasons = {name: dict(t.reasons) for name, t in tallies.items()}
-        manifest = publish(config, staging, data_parts + error_parts, per,
-                           {"mlflow_run_id": active.info.run_id, "lineage": lineage, "errors_by_reason": reasons})
-        for name, counts in per.items():
-            mlflow.log_metrics({f"{name}.{k}": float(v) for k, v in counts.items()})
-        out = summary(manifest, config.output, cached=False)
-        mlflow.log_metrics({k: float(v) for k, v in out["metrics"].items()})
-        mlflow.log_metric("seconds", time.perf_counter() - started)
-        mlflow.log_dict(manifest, "normalize/manifest.json")
-        mlflow.set_tag("manifest_id", manifest["manifest_id"])
-    return out
+    tracking.log_lineage(lineage)
+    fields = manifest_fields(per)
+    metrics = {"rows": fields["rows"], "error_rows": fields["error_rows"], "duplicates": fields["duplicates"],
+               "records": sum(fields["records_per_source"].values()), "capped": sum(fields["capped_per_source"].values())}
+    for name, counts in per.items():
+        mlflow.log_metrics({f"{name}.{k}": float(v) for k, v in counts.items()})
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    mlflow.log_metric("seconds", attempt.seconds())
+    reasons = {name: dict(t.reasons) for name, t in tallies.items()}
+    return Result(summary={"metrics": metrics, "per_source": per},
+                  manifest={**fields, "lineage": lineage, "errors_by_reason": reasons})
+
+
+STAGE = Stage("normalize", plan=plan_normalize, work=work, code_packages=("corpus",))
+
+
+def run(config: NormalizeConfig, *, parent_run_id: str | None = None) -> dict:
+    """Normalize every source into `config.output` (the stage contract, treasure.stage); returns
+    {output, manifest_id, mlflow_run_id, metrics, per_source, cached}."""
+    return STAGE.run(config, parent_run_id=parent_run_id)

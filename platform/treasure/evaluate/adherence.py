@@ -17,7 +17,7 @@ bucket order, and the largest bucket's answers at least MIN_LONG_OVER_CONCISE ti
 from __future__ import annotations
 
 from treasure.evaluate import metrics
-from treasure.evaluate.examples import Example
+from treasure.evaluate.examples import AnnotatedRow
 from treasure.taxonomy import Taxonomy
 from treasure.template import render_request
 
@@ -71,11 +71,11 @@ def values_to_test(category: str, taxonomy: Taxonomy, counts: dict[str, dict[str
     return seen[:max_values]
 
 
-def length_eligible(examples: list[Example], taxonomy: Taxonomy) -> list[Example]:
+def length_eligible(examples: list[AnnotatedRow], taxonomy: Taxonomy) -> list[AnnotatedRow]:
     """Held-out examples whose reference answer (annotated length_tokens) is longer than the smallest length bucket's limit.
 
     >>> from treasure.taxonomy import load_taxonomy
-    >>> rows = [Example("a", "q", "r", {"length_tokens": "299"}), Example("b", "q", "r", {"length_tokens": "300"})]
+    >>> rows = [AnnotatedRow("a", "q", "r", {"length_tokens": "299"}), AnnotatedRow("b", "q", "r", {"length_tokens": "300"})]
     >>> [e.id for e in length_eligible(rows, load_taxonomy("paper"))]  # paper: concise is under 300 words
     ['b']
     """
@@ -88,7 +88,7 @@ def length_eligible(examples: list[Example], taxonomy: Taxonomy) -> list[Example
     return picked
 
 
-def requests(examples: dict[str, list[Example]], plan: dict[str, list[str]], taxonomy: Taxonomy, *, prefill: bool = True) -> list[dict]:
+def requests(examples: dict[str, list[AnnotatedRow]], plan: dict[str, list[str]], taxonomy: Taxonomy, *, prefill: bool = True) -> list[dict]:
     """One row per (category, value, example of that category): only that marker is fixed."""
     rows = []
     for cat, values in plan.items():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from treasure.cluster import custom_resources, unset
+from treasure.cluster import unset
 from treasure.config import StrictModel
+from treasure.resources import Pool
 from treasure.models.engine import SamplingParams
 from treasure.evaluate.judge import JudgeConfig
 
@@ -19,20 +20,10 @@ class GenerationConfig(StrictModel):
     device: str = Field("cpu", description="torch device of each engine actor.")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, exclude_if=unset, description="Weights dtype; None: bfloat16 for vllm where the hardware has it natively, else float32.")
-    num_actors: int = Field(1, ge=1, le=1024, description="Engine actors per model (Ray Data actor pool size).")
-    cpus_per_actor: float = Field(1.0, gt=0, le=256, description="CPUs Ray reserves for each engine actor.")
-    gpus_per_actor: float = Field(0.0, ge=0, le=8, description="GPUs Ray reserves for each engine actor.")
-    resources: dict[str, float] = Field(
-        default_factory=dict, exclude_if=unset,
-        description="Custom Ray resources each engine actor reserves, e.g. {eval_node: 0.01}: the actors then only "
-        "start on nodes that offer them. Empty: any node.")
+    pool: Pool = Field(default_factory=Pool, description="Each model's engine actors (Ray Data actor pool): count, "
+                       "CPUs, GPUs and custom resources each, e.g. {eval_node: 0.01} to run them only on such nodes.")
     batch_size: int = Field(16, ge=1, le=4096, description="Prompts per Ray Data batch and per forward batch.")
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=160), description="Sampling for every generated answer.")
-
-    @field_validator("resources")
-    @classmethod
-    def _custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
-        return custom_resources(resources)
 
 
 class LengthControlConfig(StrictModel):

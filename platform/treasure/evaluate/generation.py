@@ -25,6 +25,7 @@ import json
 from typing import Any
 
 from treasure.models.engine import EngineConfig, Generation, SamplingParams, load_engine
+from treasure.resources import Pool
 from treasure.taxonomy import Taxonomy
 from treasure.template import split_output
 
@@ -79,16 +80,16 @@ class EngineActor:
 
 
 def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: dict[str, bool], params: SamplingParams, taxonomy: Taxonomy, *,
-                  num_actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, batch_size: int = 16,
-                  resources: dict[str, float] | None = None) -> list[dict]:
+                  pool: Pool | None = None, batch_size: int = 16) -> list[dict]:
     """Generate for every request row over Ray Data actor pools (one per model, in turn); rows come back in order, with their own columns.
 
     Each row needs `request_id` (unique per model), `model` (a key of `engines`) and `user_turn`, and may
-    carry `prefix`; its other columns travel untouched (Ray Data only sees these four). `resources`
-    (custom Ray resources per actor) pins the actors to the nodes that offer them.
+    carry `prefix`; its other columns travel untouched (Ray Data only sees these four). `pool` is
+    each model's engine actors (count, CPUs, GPUs, custom resources that pin them to some nodes).
     """
     import ray
 
+    pool = pool or Pool()
     if not rows:
         return []
     ids = [f"{r['model']}/{r['request_id']}" for r in rows]
@@ -104,16 +105,14 @@ def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: di
     for name in dict.fromkeys(r["model"] for r in slim):
         mine = [r for r in slim if r["model"] == name]
         if engines[name].backend == "vllm":
-            got.update(_generate_vllm(mine, engines[name], marked[name], params, taxonomy, num_actors=num_actors,
-                                      cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                                      batch_size=batch_size, resources=resources))
+            got.update(_generate_vllm(mine, engines[name], marked[name], params, taxonomy, pool=pool, batch_size=batch_size))
             continue
         ds = ray.data.from_items(mine).map_batches(
             EngineActor,
             fn_constructor_kwargs={"engines": {name: engines[name].model_dump()}, "marked": {name: marked[name]},
                                    "params": params.model_dump(), "taxonomy": taxonomy},
-            batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
-            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None, resources=resources or None,
+            batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool.count),
+            num_cpus=pool.num_cpus, num_gpus=pool.num_gpus or None, resources=pool.resources or None,
         )
         got.update({r["request_id"]: {k: _plain(v) for k, v in r.items()} for r in ds.take_all()})
     missing = [i for i in ids if i not in got]
@@ -123,8 +122,7 @@ def generate_rows(rows: list[dict], engines: dict[str, EngineConfig], marked: di
 
 
 def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params: SamplingParams, taxonomy: Taxonomy, *,
-                   num_actors: int, cpus_per_actor: float, gpus_per_actor: float, batch_size: int,
-                   resources: dict[str, float] | None) -> dict[str, dict]:
+                   pool: Pool, batch_size: int) -> dict[str, dict]:
     """One model's rows through `ray.data.llm`'s vLLM engine processor; result columns by request id.
 
     Prompts are token ids (chat-templated user turn + prefix, tokenized apart as in training), so
@@ -136,7 +134,7 @@ def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params:
 
     from treasure.models.engine import effective_temperature, prompt_token_ids
     from treasure.models.processor import cpu_engine_env, reshape_map_kwargs
-    from treasure.models.vllm_async import engine_kwargs
+    from treasure.models.engine import engine_kwargs
 
     kwargs = engine_kwargs(engine)
     folder = kwargs.pop("model")
@@ -154,12 +152,12 @@ def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params:
             todo.append({"row_key": r["request_id"], "ids": ids, "prefix": r["prefix"]})
     if not todo:
         return out
-    bundle = {"CPU": cpus_per_actor, **({"GPU": gpus_per_actor} if gpus_per_actor else {}), **(resources or {})}
+    bundle = pool.bundle()
     sampling = {"temperature": effective_temperature(params.temperature), "top_p": params.top_p,
                 "max_tokens": params.max_tokens, "seed": params.seed, **({"stop": list(params.stop)} if params.stop else {})}
     processor = build_processor(
         vLLMEngineProcessorConfig(
-            model_source=folder, engine_kwargs=kwargs, batch_size=batch_size, concurrency=num_actors,
+            model_source=folder, engine_kwargs=kwargs, batch_size=batch_size, concurrency=pool.count,
             placement_group_config={"bundles": [bundle]},
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
             runtime_env=cpu_engine_env(),

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 
 from treasure.evaluate import metrics
-from treasure.evaluate.examples import Example
+from treasure.evaluate.examples import AnnotatedRow
 from treasure.taxonomy import Taxonomy
 from treasure.template import render_request
 
 
-def requests(examples: list[Example], taxonomy: Taxonomy) -> list[dict]:
+def requests(examples: list[AnnotatedRow], taxonomy: Taxonomy) -> list[dict]:
     """Plain prompts (no block, no prefix): the same rows serve the baseline and the marked model."""
     rows = []
     for ex in examples:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from treasure.evaluate import metrics
 from treasure.evaluate.config import LengthControlConfig
-from treasure.evaluate.examples import Example
+from treasure.evaluate.examples import AnnotatedRow
 from treasure.taxonomy import Taxonomy
 from treasure.template import render_request
 
@@ -44,7 +44,7 @@ def limits(config: LengthControlConfig, taxonomy: Taxonomy) -> list[tuple[int, s
     return [(n, v) for n, v in bounded if not config.bucket_values or v in config.bucket_values]
 
 
-def eligible(examples: list[Example], config: LengthControlConfig, taxonomy: Taxonomy) -> list[Example]:
+def eligible(examples: list[AnnotatedRow], config: LengthControlConfig, taxonomy: Taxonomy) -> list[AnnotatedRow]:
     """The held-out examples length control may draw from (see `prompts_over_limit`)."""
     if not config.prompts_over_limit:
         return list(examples)
@@ -56,7 +56,7 @@ def eligible(examples: list[Example], config: LengthControlConfig, taxonomy: Tax
     return picked
 
 
-def requests(examples: list[Example], config: LengthControlConfig, taxonomy: Taxonomy, *, prefill: bool = True) -> dict[str, list[dict]]:
+def requests(examples: list[AnnotatedRow], config: LengthControlConfig, taxonomy: Taxonomy, *, prefill: bool = True) -> dict[str, list[dict]]:
     """{"baseline": rows, "marked": rows}: one row per (example, condition), each with its `user_turn` and `prefix`."""
     pairs = limits(config, taxonomy)
     base, marked = [], []

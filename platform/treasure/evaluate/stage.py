@@ -8,7 +8,7 @@
 
     metrics.json, report.md, *.png     the report (also logged to MLflow as artifacts)
     data/generations.parquet           every request with its raw output, parsed answer, markers
-    manifest.json                      written last (treasure.storage)
+    manifest.json                      written last (the stage contract, treasure.stage)
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import json
 import tempfile
 from pathlib import Path
 
-from treasure import storage, tracking
+from treasure import storage
 from treasure.models.engine import EngineConfig, auto_dtype
 from treasure.evaluate import adherence, inference, length_control, metrics, report, winrate
 from treasure.evaluate.config import EvaluateConfig
 from treasure.evaluate.examples import read_annotated, sample, split, value_counts
 from treasure.evaluate.generation import generate_rows
+from treasure.resources import check_pools
+from treasure.stage import Attempt, Plan, Result, Stage
 
 
 def read_model(uri: str):
@@ -35,13 +37,12 @@ def read_model(uri: str):
 def _generate(requests: dict[str, list[dict]], folders: dict[str, str], config: EvaluateConfig, taxonomy) -> list[dict]:
     """Both models' requests, one model at a time on its own actor pool (never two engines in one actor)."""
     g = config.generation
-    dtype = g.dtype or auto_dtype(g.backend, "cuda" if g.gpus_per_actor > 0 else g.device)
+    dtype = g.dtype or auto_dtype(g.backend, "cuda" if g.pool.num_gpus > 0 else g.device)
     engines = {name: EngineConfig(model=folder, backend=g.backend, device=g.device, batch_size=g.batch_size, dtype=dtype)
                for name, folder in folders.items()}
     rows = [{**r, "model": name} for name, rs in requests.items() for r in rs]
-    return generate_rows(rows, engines, {"baseline": False, "marked": True}, g.sampling, taxonomy, num_actors=g.num_actors,
-                         cpus_per_actor=g.cpus_per_actor, gpus_per_actor=g.gpus_per_actor, batch_size=g.batch_size,
-                         resources=g.resources)
+    return generate_rows(rows, engines, {"baseline": False, "marked": True}, g.sampling, taxonomy, pool=g.pool,
+                         batch_size=g.batch_size)
 
 
 def plan(config: EvaluateConfig, taxonomy, held, counts, quality_reference) -> dict[str, list[dict]]:
@@ -138,14 +139,10 @@ def _win_rates(config, rows, by_id, lc_rows, bands, judge) -> dict:
     return out
 
 
-def run(config: EvaluateConfig, *, parent_run_id: str | None = None) -> dict:
-    """Evaluate the pair and publish the report; returns the stage summary."""
-    config_json = config.model_dump(mode="json", exclude={"force"})
-    existing = storage.read_manifest(config.output)
-    if existing and existing.get("config") == config_json and not config.force:
-        return {**existing["summary"], "manifest_id": existing["manifest_id"]}
+def plan_evaluate(config: EvaluateConfig) -> Plan:
+    """Both checkpoints and the held-out rows read, every request planned (no model loaded yet)."""
     base, marked = read_model(config.baseline), read_model(config.marked)
-    base_dir, base_meta, marked_dir, marked_meta = str(base.local_dir), base.meta, str(marked.local_dir), marked.meta
+    base_meta, marked_meta = base.meta, marked.meta
     if not marked_meta.get("markers"):
         raise ValueError(f"{config.marked}: treasure.json says markers=false; `marked` must be a model trained with markers")
     taxonomy = marked.taxonomy  # the taxonomy the marked model was trained with
@@ -161,36 +158,50 @@ def run(config: EvaluateConfig, *, parent_run_id: str | None = None) -> dict:
     lineage = {"input": config.input, "input_manifest_id": in_manifest.get("manifest_id"), "baseline": config.baseline,
                "marked": config.marked, "baseline_step": base_meta.get("step"), "marked_step": marked_meta.get("step"),
                "baseline_mlflow_run_id": base_meta.get("mlflow_run_id"), "marked_mlflow_run_id": marked_meta.get("mlflow_run_id")}
-    with tracking.run(config.experiment, "evaluate", config=config, taxonomy=taxonomy, lineage=lineage, parent_run_id=parent_run_id,
-                      tags={"stage": "evaluate"}) as active:
-        generated = _generate(requests, {"baseline": base_dir, "marked": marked_dir}, config, taxonomy)
-        judge, not_measured = None, winrate.not_measured_reason(config.win_rate)
-        if not_measured is None:
-            from treasure.evaluate.judge import load_judge
-
-            judge = load_judge(config.win_rate.judge)
-        m = score_all(config, taxonomy, generated, bands, judge, counts)
-        if not_measured is not None:
-            m["win_rates_not_measured"] = not_measured
-        m.update(models={"baseline": config.baseline, "marked": config.marked}, taxonomy_version=taxonomy.version,
-                 judge=f"{config.win_rate.judge.type}:{config.win_rate.judge.model}" if judge is not None else "none",
-                 prefill=config.prefill,
-                 data={"input": config.input, "rows": len(rows), "heldout_rows": len(held_all), "heldout_used": len(held),
-                       "train_rows": len(train_rows)},
-                 bands=bands, generations=len(generated))
-        summary = _publish(config, config_json, m, generated, active.info.run_id, in_manifest)
-    return summary
+    data = {"input": config.input, "rows": len(rows), "heldout_rows": len(held_all), "heldout_used": len(held),
+            "train_rows": len(train_rows)}
+    return Plan(run_name="evaluate", taxonomy=taxonomy, lineage=lineage, state={
+        "requests": requests, "folders": {"baseline": str(base.local_dir), "marked": str(marked.local_dir)},
+        "counts": counts, "bands": bands, "data": data, "input_manifest_id": in_manifest.get("manifest_id")})
 
 
-def _publish(config: EvaluateConfig, config_json: dict, m: dict, generated: list[dict], run_id: str, in_manifest: dict) -> dict:
+def work(config: EvaluateConfig, plan_: Plan, attempt: Attempt) -> Result:
+    """Generate every answer, score, and stage the report and the generations table."""
+    taxonomy, st = plan_.taxonomy, plan_.state
+    check_pools({"evaluate.generation.pool": config.generation.pool},
+                "lower evaluate.generation.pool's count / num_cpus / num_gpus, or start nodes with its resources")
+    generated = _generate(st["requests"], st["folders"], config, taxonomy)
+    judge, not_measured = None, winrate.not_measured_reason(config.win_rate)
+    if not_measured is None:
+        from treasure.evaluate.judge import load_judge
+
+        judge = load_judge(config.win_rate.judge)
+    m = score_all(config, taxonomy, generated, st["bands"], judge, st["counts"])
+    if not_measured is not None:
+        m["win_rates_not_measured"] = not_measured
+    m.update(models={"baseline": config.baseline, "marked": config.marked}, taxonomy_version=taxonomy.version,
+             judge=f"{config.win_rate.judge.type}:{config.win_rate.judge.model}" if judge is not None else "none",
+             prefill=config.prefill, data=st["data"], bands=st["bands"], generations=len(generated))
+    flat = _stage_report(m, generated, attempt)
+    return Result(summary={"metrics": flat}, manifest={"rows": len(generated), "input_manifest_id": st["input_manifest_id"]})
+
+
+STAGE = Stage("evaluate", plan=plan_evaluate, work=work)
+
+
+def run(config: EvaluateConfig, *, parent_run_id: str | None = None) -> dict:
+    """Evaluate the pair and publish the report (through the stage contract, treasure.stage); returns the summary."""
+    return STAGE.run(config, parent_run_id=parent_run_id)
+
+
+def _stage_report(m: dict, generated: list[dict], attempt: Attempt) -> dict:
+    """The report files and the generations table into the attempt's staging and MLflow; returns the flat metrics."""
     import mlflow
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     flat = report.flat_metrics(m)
     mlflow.log_metrics({k.replace(":", "_"): v for k, v in flat.items()})
-    if storage.read_manifest(config.output) is not None:
-        storage.delete(storage.join(config.output, storage.MANIFEST))  # the old report is no longer committed
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         files = report.write(m, folder)
@@ -198,13 +209,6 @@ def _publish(config: EvaluateConfig, config_json: dict, m: dict, generated: list
         cols = sorted({k for r in table_rows for k in r})
         pq.write_table(pa.table({c: [None if r.get(c) is None else str(r.get(c)) for r in table_rows] for c in cols}), folder / "generations.parquet")
         mlflow.log_artifacts(str(folder), "evaluation")
-        uris = []
         for f in files + [folder / "generations.parquet"]:
-            name = f"data/{f.name}" if f.suffix == ".parquet" else f.name
-            uris.append(storage.join(config.output, name))
-            storage.write_bytes(uris[-1], f.read_bytes())
-    summary = {"output": config.output, "mlflow_run_id": run_id, "metrics": flat}
-    manifest = storage.commit_manifest(config.output, uris, {"config": config_json, "rows": len(generated),
-                                                             "input_manifest_id": in_manifest.get("manifest_id"), "summary": summary})
-    summary["manifest_id"] = manifest["manifest_id"]
-    return summary
+            storage.write_bytes(attempt.path(f"data/{f.name}" if f.suffix == ".parquet" else f.name), f.read_bytes())
+    return flat

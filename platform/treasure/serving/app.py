@@ -3,8 +3,9 @@
 Run (from the repository root, Ray started locally by `serve run`):
     serve run treasure.serving.app:build_app checkpoint=runs/demo/checkpoints/marked
     serve run treasure.serving.app:build_app checkpoint=runs/demo/checkpoints/marked max_batch_size=4 api_docs=true
-Deploy on a running cluster with autoscaling: `serve deploy serving/serve_config.yaml`. (`config=FILE`
-reads the `serve:` section of a YAML file, with `key=value` arguments on top.)
+Deploy on a running cluster with autoscaling: `serve deploy serving/serve_config.yaml` (Serve's own
+deploy config; its `args:` are ServeConfig fields). `config=FILE` instead reads the `serve:` section
+of a YAML file of yours (none ships), with `key=value` arguments on top.
 
 Routes: POST /v1/generate, POST /v1/completions and /v1/chat/completions (OpenAI-compatible,
 `markers` as an extra body field, SSE streaming), GET /v1/models, GET /v1/taxonomy, GET /healthz, and
@@ -16,13 +17,13 @@ batched generate. Overload beyond max_ongoing_requests + max_queued_requests is 
 Serve itself, before any work is done, for streams as for plain requests.
 
 What a client sees of a failure is its kind and an incident id; the exception itself goes to the
-replica's log under that id (`/healthz`, stream error events and 503 bodies never carry it).
-/docs and /openapi.json exist only with `api_docs: true`.
+replica's log under that id (`/healthz`, stream error events and 503 bodies never carry it). Which
+failure becomes which status and body is decided in treasure.serving.errors (no Ray); this module
+only routes. /docs and /openapi.json exist only with `api_docs: true`.
 """
 
 import asyncio
 import json
-import logging
 import time
 import uuid
 from typing import Any
@@ -35,25 +36,14 @@ from starlette.concurrency import iterate_in_threadpool
 
 from treasure.config import load_config
 from treasure.json_input import JSONInputError, parse_json
-from treasure.serving import playground, sse
+from treasure.serving import errors, playground, sse
 from treasure.serving.api_models import MAX_JSON_DEPTH, ChatCompletionRequest, CompletionRequest, GenerateRequest
 from treasure.serving.auth import AuthError, check_bearer, check_exposure, token_from_env
 from treasure.serving.batching import ConcurrencyTracker
 from treasure.serving.config import ServeConfig
 from treasure.serving.limits import BodyLimitMiddleware, LimitError
-from treasure.serving.prompting import ChatShapeError, MarkerError, allowed_values
 from treasure.serving.server import ModelServer, Prepared
 from treasure.serving.timing import server_timing
-
-
-logger = logging.getLogger("ray.serve")
-
-
-def _incident(what: str, e: BaseException) -> str:
-    """Log `e` under a fresh incident id (the replica's log) and return the id for the client."""
-    incident = uuid.uuid4().hex[:12]
-    logger.error("incident %s: %s: %s: %s", incident, what, type(e).__name__, e, exc_info=e)
-    return incident
 
 
 def _proxy_host() -> str | None:
@@ -66,10 +56,8 @@ def _proxy_host() -> str | None:
         return None
 
 
-def _error(status: int, message: str, kind: str, param: str | None = None, **extra: Any) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": str(status), **extra}}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+def _answer(error: errors.ErrorAnswer) -> JSONResponse:
+    return JSONResponse(error.body, status_code=error.status, headers=error.headers)
 
 
 def _inline_schema(model: type[BaseModel]) -> dict:
@@ -122,15 +110,12 @@ def make_deployment(config: ServeConfig):
             check_bearer(request.headers.get("authorization"), self.token)
             try:
                 data = parse_json(await request.body(), max_depth=MAX_JSON_DEPTH)
-            except JSONInputError as e:  # invalid, not UTF-8, too deep, a number too long: 422, never a 500
-                raise _BadBody(f"request body: {e}") from None
+            except JSONInputError as e:
+                raise errors.unreadable_body(e) from None
             try:
                 return model.model_validate(data)
             except ValidationError as e:
-                problems = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: "
-                            + ("not a field this endpoint honours" if err["type"] == "extra_forbidden" else err["msg"])
-                            for err in e.errors()]
-                raise _BadBody("invalid request: " + "; ".join(problems)) from None
+                raise errors.invalid_body(e) from None
 
         async def _handle(self, request: Request, model, prepare, respond, events):
             try:
@@ -167,20 +152,8 @@ def make_deployment(config: ServeConfig):
                     "parse": t1 - t0, "prepare": t2 - t1, "queue": started - t2, "engine": ended - started,
                     "back": t3 - ended, "respond": t4 - t3, "total": t4 - t0})
                 return response
-            except AuthError as e:
-                return _error(401, str(e), "authentication_error")
-            except _BadBody as e:
-                return _error(422, str(e), "invalid_request_error")
-            except MarkerError as e:
-                return _error(422, str(e), "invalid_markers", "markers", allowed=allowed_values(self.core.taxonomy))
-            except ChatShapeError as e:
-                return _error(400, str(e), "invalid_request_error", "messages")
-            except LimitError as e:
-                return _error(e.status, str(e), "request_too_large" if e.status == 413 else "invalid_request_error", e.param)
-            except ValueError as e:  # the engine refused this request's input (e.g. a prompt past the context)
-                return _error(400, str(e), "invalid_request_error", "prompt")
-            except Exception as e:  # an engine failure: 503 (retry; the health check replaces a broken replica)
-                return _error(503, f"generation failed (incident {_incident('generate', e)}); retry", "engine_error")
+            except Exception as e:  # the client's fault: 4xx; an engine failure: 503 with an incident id
+                return _answer(errors.request_error(e, self.core.taxonomy))
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.003)
         async def _batched(self, items: list[Prepared]) -> list[tuple[Any, float, float]]:
@@ -216,7 +189,7 @@ def make_deployment(config: ServeConfig):
             try:
                 check_bearer(request.headers.get("authorization"), self.token)
             except AuthError as e:
-                return _error(401, str(e), "authentication_error")
+                return _answer(errors.unauthorized(e))
             return self.core.models_body()
 
         @api.get("/v1/taxonomy")
@@ -224,7 +197,7 @@ def make_deployment(config: ServeConfig):
             try:
                 check_bearer(request.headers.get("authorization"), self.token)
             except AuthError as e:
-                return _error(401, str(e), "authentication_error")
+                return _answer(errors.unauthorized(e))
             return self.core.taxonomy_body()
 
         @api.get("/healthz")
@@ -232,7 +205,7 @@ def make_deployment(config: ServeConfig):
             try:
                 await self.core.acheck_health()
             except Exception as e:
-                return _error(503, f"engine unhealthy (incident {_incident('health', e)})", "engine_unhealthy")
+                return _answer(errors.unhealthy(e))
             return {"status": "ok", "model": self.core.model_name, "taxonomy_version": self.core.taxonomy.version,
                     **self.core.stats()}
 
@@ -241,7 +214,7 @@ def make_deployment(config: ServeConfig):
         @api.get("/playground", include_in_schema=False)
         async def to_playground(self, request: Request):
             if not self.config.playground:
-                return _error(404, "not found", "not_found")
+                return _answer(errors.not_found())
             # root_path: the application's route prefix, so the redirect stays inside this application.
             return RedirectResponse(f"{request.scope.get('root_path', '')}/playground/", status_code=307)
 
@@ -249,7 +222,7 @@ def make_deployment(config: ServeConfig):
         @api.get("/playground/{name}", include_in_schema=False)
         async def playground_page(self, name: str = "index.html"):
             if not self.config.playground or name not in playground.ASSETS:
-                return _error(404, "not found", "not_found")
+                return _answer(errors.not_found())
             body, media = playground.asset(name)
             return Response(body, media_type=media, headers=playground.HEADERS)
 
@@ -269,8 +242,7 @@ def make_deployment(config: ServeConfig):
                 async for line in events(deltas):
                     yield line
             except Exception as e:
-                yield sse.event({"error": {"message": f"generation failed (incident {_incident('stream', e)})",
-                                           "type": "engine_error"}})
+                yield sse.event(errors.stream_error(e))
             yield sse.DONE
 
         async def _generate_events(self, deltas):
@@ -300,10 +272,6 @@ def make_deployment(config: ServeConfig):
                                                markers=summary["markers"], usage=summary["usage"])
 
     return TreasureServer
-
-
-class _BadBody(ValueError):
-    """The body is not JSON or does not match the endpoint's schema (422)."""
 
 
 def build_app(args: dict[str, Any]):

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from treasure.cluster import custom_resources, unset
 from treasure.config import StrictModel
+from treasure.resources import Pool
 from treasure.dropout import DropoutConfig
 from treasure.models.packaged import PACKAGED_SMOLLM2
 
@@ -112,19 +112,16 @@ class TrainConfig(StrictModel):
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine decays to this fraction of the peak.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max gradient norm.")
-    num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks).")
-    cpus_per_worker: int = Field(2, ge=1, le=256, description="CPUs each worker reserves (= torch threads on CPU).")
-    use_gpu: bool = Field(False, description="One GPU per worker, NCCL.")
+    pool: Pool = Field(default_factory=lambda: Pool(count=1, num_cpus=2),
+                       description="The Ray Train workers (DDP ranks): count, CPUs each (int(num_cpus) torch threads on "
+                       "CPU), GPUs each (any GPU: NCCL and CUDA), custom resources each, e.g. {train_node: 1} to run "
+                       "them only on such nodes.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Autocast dtype of forward and loss (weights and optimizer stay fp32). auto: bf16 on GPUs "
         "and on CPUs with bf16 instructions (avx512_bf16 / AMX), else fp32 (docs/training.md has both measured).")
     completion_logits: bool = Field(
         True, description="Compute logits only at labelled (completion) positions: same loss, less work and memory; "
         "models with post-processed logits (soft-capping, a logit scale) use their own forward whatever this says.")
-    worker_resources: dict[str, float] = Field(
-        default_factory=dict, exclude_if=unset,
-        description="Custom Ray resources each worker reserves besides its CPUs / GPU (ScalingConfig.resources_per_worker), "
-        "e.g. {train_node: 1}: workers then only start on nodes that offer them. Empty: any node.")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data parallel (ddp) or sharded (fsdp, GPU).")
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (and at the last step).")
     keep_checkpoints: int = Field(2, ge=1, le=100, description="Intermediate checkpoints Ray keeps.")
@@ -132,17 +129,16 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, ge=1, description="Steps between MLflow metric writes (every step is logged).")
     force: bool = Field(False, description="Retrain even if `output` holds a checkpoint of this exact config.")
 
-    @field_validator("worker_resources")
-    @classmethod
-    def _custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
-        return custom_resources(resources)
-
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
         if self.lora.enabled and self.model.kind == "tiny":
             raise ValueError("lora.enabled with model.kind=tiny: a model trained from scratch needs full training")
+        if self.pool.count is None:
+            raise ValueError("train.pool.count must be a number of workers")
+        if self.pool.num_cpus < 1:
+            raise ValueError("train.pool.num_cpus must be at least 1 (a worker's torch threads)")
         if self.strategy == "fsdp" and not self.use_gpu:
-            raise ValueError("strategy=fsdp needs use_gpu=true (FSDP on CPU is not supported here); use ddp")
+            raise ValueError("strategy=fsdp needs GPUs (train.pool.num_gpus > 0; FSDP on CPU is not supported here); use ddp")
         return self
 
     @property
@@ -150,10 +146,20 @@ class TrainConfig(StrictModel):
         return self.registered_model or ("treasure-marked" if self.markers else "treasure-baseline")
 
     @property
-    def resources_per_worker(self) -> dict[str, float]:
-        """ScalingConfig.resources_per_worker: CPUs, the GPU when used, and the placement resources.
+    def use_gpu(self) -> bool:
+        """Workers train on GPUs (NCCL, CUDA autocast) when the pool reserves any."""
+        return self.pool.num_gpus > 0
 
-        >>> TrainConfig(input="a", output="b", cpus_per_worker=1, worker_resources={"train_node": 1}).resources_per_worker
-        {'CPU': 1, 'train_node': 1.0}
+    @property
+    def torch_threads(self) -> int:
+        """torch threads of a CPU worker: the whole CPUs it reserves."""
+        return max(1, int(self.pool.num_cpus))
+
+    @property
+    def resources_per_worker(self) -> dict[str, float]:
+        """ScalingConfig.resources_per_worker: CPUs, the GPUs when used, and the placement resources.
+
+        >>> TrainConfig(input="a", output="b", pool={"num_cpus": 1, "resources": {"train_node": 1}}).resources_per_worker
+        {'CPU': 1.0, 'train_node': 1.0}
         """
-        return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {}), **self.worker_resources}
+        return self.pool.bundle()

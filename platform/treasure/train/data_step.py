@@ -44,7 +44,7 @@ LENGTH_GROUP_WINDOW = 32
 
 
 @dataclass(frozen=True)
-class Example:
+class TrainingExample:
     """One annotated training pair with its validated markers."""
 
     id: str
@@ -53,7 +53,7 @@ class Example:
     markers: dict[str, str]
 
 
-def load_examples(rows: Iterable[dict[str, Any]], taxonomy: Taxonomy) -> list[Example]:
+def load_examples(rows: Iterable[dict[str, Any]], taxonomy: Taxonomy) -> list[TrainingExample]:
     """Parse annotated rows (``markers`` is a JSON string); sorted by id so every reader agrees on order."""
     out = []
     for row in rows:
@@ -61,7 +61,7 @@ def load_examples(rows: Iterable[dict[str, Any]], taxonomy: Taxonomy) -> list[Ex
             markers = taxonomy.validate_markers(json.loads(row["markers"] or "{}"))
         except (ValueError, TypeError) as e:
             raise ValueError(f"row {row['id']!r}: markers do not fit taxonomy {taxonomy.name!r}: {e}") from None
-        out.append(Example(str(row["id"]), str(row["prompt"]), str(row["response"]), markers))
+        out.append(TrainingExample(str(row["id"]), str(row["prompt"]), str(row["response"]), markers))
     return sorted(out, key=lambda e: e.id)
 
 
@@ -77,7 +77,7 @@ class EpochData:
 
 
 def format_epoch(
-    examples: list[Example], tokenizer, taxonomy: Taxonomy, *, markers: bool, dropout: DropoutConfig,
+    examples: list[TrainingExample], tokenizer, taxonomy: Taxonomy, *, markers: bool, dropout: DropoutConfig,
     seed: int, epoch: int, max_length: int, max_prompt_length: int | None = None,
 ) -> EpochData:
     """Render, drop out and tokenize every example for `epoch` (markers=False: the baseline)."""
@@ -101,7 +101,7 @@ def format_epoch(
     return data
 
 
-def _bare_prompt_length(tokenizer, ex: Example, taxonomy: Taxonomy) -> int:
+def _bare_prompt_length(tokenizer, ex: TrainingExample, taxonomy: Taxonomy) -> int:
     user, _ = marker_turns(ex.prompt, ex.response, None, None, taxonomy)
     return len(tokenizer(chat_prompt_text(tokenizer, user), add_special_tokens=False)["input_ids"])
 

@@ -164,7 +164,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if not cfg.use_gpu:
-        torch.set_num_threads(cfg.cpus_per_worker)  # Ray pins OMP threads to the CPUs reserved
+        torch.set_num_threads(cfg.torch_threads)  # Ray pins OMP threads to the CPUs reserved
     device = ray.train.torch.get_device()
     taxonomy = _taxonomy_from_yaml(loop_config["taxonomy_yaml"])
     tokenizer = _tokenizer(cfg, loop_config.get("tokenizer_files"))

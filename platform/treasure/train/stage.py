@@ -4,9 +4,10 @@
 (materialized: a lazy pipeline handed to a TorchTrainer on 2 CPUs can starve its read tasks),
 trains the corpus BPE tokenizer once per data manifest (tiny model), runs the worker loop
 (treasure.train.loop) with FailureConfig retries, and publishes the last checkpoint at
-``output`` (staged files, then ``manifest.json`` last). Ray's own checkpoints stay under
-``output/_ray/<run>/checkpoint_step_N`` (treasure.models.checkpoint falls back to them). Idempotent: an
-``output`` committed with the same config is returned as is unless ``force``.
+``output`` through the stage contract (treasure.stage: staged files, ``manifest.json`` last; an
+``output`` committed with the same config is returned as is unless ``force``). Ray's own
+checkpoints stay under ``output/_ray/<run>/checkpoint_step_N`` (treasure.models.checkpoint falls
+back to them).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-import time
 from pathlib import Path
 
 from treasure import storage
+from treasure.resources import check_pools
+from treasure.stage import Attempt, Plan, Result, Stage
 from treasure.heldout import is_heldout
 from treasure.taxonomy import load_taxonomy
 from treasure.template import render_completion, render_prompt
@@ -27,11 +29,6 @@ from treasure.train.config import TrainConfig
 from treasure.train.tokenizer_bpe import cache_key, cached_bpe, chat_text
 
 COLUMNS = ["id", "prompt", "response", "language", "markers"]
-
-
-def _config_key(config: TrainConfig) -> dict:
-    """The config as recorded for idempotency (`force` and where a copy is pushed do not change what is trained)."""
-    return config.model_dump(mode="json", exclude={"force", "push_to_hub", "push_adapter_only"})
 
 
 def _read_dataset(config: TrainConfig, taxonomy):
@@ -77,22 +74,6 @@ def _tokenizer_files(config: TrainConfig, rows: list[dict], manifest_id: str, ta
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
-def _check_resources(config: TrainConfig) -> None:
-    import ray
-
-    have = ray.cluster_resources()
-    need_cpu = config.num_workers * config.cpus_per_worker
-    if have.get("CPU", 0) < need_cpu or (config.use_gpu and have.get("GPU", 0) < config.num_workers):
-        raise RuntimeError(f"train needs {need_cpu} CPUs{f' and {config.num_workers} GPUs' if config.use_gpu else ''}"
-                           f" but the cluster has {have.get('CPU', 0)} CPUs / {have.get('GPU', 0)} GPUs; "
-                           "lower num_workers / cpus_per_worker (an over-asking trainer waits forever)")
-    if config.worker_resources:  # pinned workers must fit the nodes that offer the resource, per node
-        from treasure.cluster import check_placement
-
-        check_placement([config.resources_per_worker] * config.num_workers, "training workers",
-                        "lower train.num_workers / cpus_per_worker, or start nodes with train.worker_resources")
-
-
 def _trainer(config: TrainConfig, ds, loop_config: dict, run_name: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -107,7 +88,7 @@ def _trainer(config: TrainConfig, ds, loop_config: dict, run_name: str):
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=config.pool.count, use_gpu=config.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=run_name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=config.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints)),
@@ -123,14 +104,10 @@ def _download(checkpoint) -> Path:
     return local
 
 
-def _publish(config: TrainConfig, local: Path, extra: dict) -> dict:
-    """Copy the checkpoint files (the LoRA `adapter/` folder included) to `output`, then commit its manifest (last)."""
-    files = []
+def _stage_files(local: Path, attempt: Attempt) -> None:
+    """The checkpoint files (the LoRA `adapter/` folder included) into the attempt's staging."""
     for f in sorted(p for p in local.rglob("*") if p.is_file()):
-        target = storage.join(config.output, f.relative_to(local).as_posix())
-        storage.write_bytes(target, f.read_bytes())
-        files.append(target)
-    return storage.commit_manifest(config.output, files, extra)
+        storage.write_bytes(attempt.path(f.relative_to(local).as_posix()), f.read_bytes())
 
 
 def _write_card(config: TrainConfig, local: Path, taxonomy, metrics: dict, lineage: dict) -> str:
@@ -152,81 +129,70 @@ def _push(config: TrainConfig, summary: dict) -> dict:
     return summary
 
 
-def _register(run_id: str, name: str, taxonomy, markers: bool, card: str = "") -> str:
-    """A registered model version whose source is the run's checkpoint artifact; taxonomy as tags."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    try:
-        client.create_registered_model(name, tags={"taxonomy_version": taxonomy.version})
-    except MlflowException as e:
-        if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
-            raise
-    source = f"{mlflow.get_run(run_id).info.artifact_uri}/{MODEL_PATH}"
-    mv = client.create_model_version(name, source=source, run_id=run_id, description=card, tags={
-        "taxonomy_version": taxonomy.version, "taxonomy_file": f"{MODEL_PATH}/artifacts/{MODEL_ARTIFACT}/{TAXONOMY}",
-        "markers": str(markers).lower()})
-    return mv.version
-
-
-def run(config: TrainConfig, *, parent_run_id: str | None = None) -> dict:
-    import mlflow
-
-    from treasure import tracking
-
-    done = storage.read_manifest(config.output)
-    if done is not None and done.get("config") == _config_key(config) and not config.force:
-        return _push(config, {**done["summary"], "manifest_id": done["manifest_id"]})
-    _check_resources(config)
-    if done is not None:  # retraining into a committed folder: uncommit first, so no reader mixes old and new files
-        storage.delete(storage.join(config.output, storage.MANIFEST))
+def plan_train(config: TrainConfig) -> Plan:
+    """Resources checked, the annotated rows read (held-out rows left out), the run named by the config."""
+    check_pools({"train.pool": config.pool}, "lower train.pool.count / num_cpus / num_gpus, or start nodes with "
+                                             "the resources train.pool.resources names (an over-asking trainer waits forever)")
     taxonomy = load_taxonomy(config.taxonomy)
     ds, data_manifest = _read_dataset(config, taxonomy)
     rows = ds.take_all()
     if not rows:
         raise ValueError(f"{config.input} holds no rows")
     data_manifest_id = data_manifest["manifest_id"]
-    config_hash = hashlib.sha256(json.dumps(_config_key(config), sort_keys=True).encode()).hexdigest()[:12]
-    run_name = f"{config.model_name}-{config_hash}"
+    lineage = {"input": config.input, "data_manifest_id": data_manifest_id, "rows": len(rows)}
+    return Plan(run_name=f"{config.model_name}-{STAGE.key_hash(config)}", taxonomy=taxonomy, lineage=lineage,
+                tags={"markers": str(config.markers).lower()}, state={"ds": ds, "rows": rows, "data_manifest_id": data_manifest_id})
+
+
+def work(config: TrainConfig, plan: Plan, attempt: Attempt) -> Result:
+    """Train on Ray Train, log the MLflow model, register it, stage the checkpoint with its card."""
+    import mlflow
+
+    from treasure import tracking
+
+    taxonomy, rows, data_manifest_id = plan.taxonomy, plan.state["rows"], plan.state["data_manifest_id"]
     if config.force:  # a forced rerun starts over instead of resuming the previous run's checkpoints
-        storage.delete(storage.join(config.output, RAY_DIR, run_name))
+        storage.delete(storage.join(config.output, RAY_DIR, plan.run_name))
     loop_config = {
         "train": config.model_dump(mode="json"),
         "taxonomy_yaml": taxonomy.to_yaml(),
         "tokenizer_files": _tokenizer_files(config, rows, data_manifest_id, taxonomy),
         "data_manifest_id": data_manifest_id,
         "quality_reference": quality_reference(rows),
+        "mlflow": {"tracking_uri": tracking.tracking_uri(), "run_id": attempt.run_id},
     }
-    lineage = {"input": config.input, "data_manifest_id": data_manifest_id, "rows": len(rows)}
-    with tracking.run(config.experiment, run_name, config=config, taxonomy=taxonomy, lineage=lineage,
-                      parent_run_id=parent_run_id, tags={"markers": str(config.markers).lower()}) as active:
-        run_id = active.info.run_id
-        loop_config["mlflow"] = {"tracking_uri": tracking.tracking_uri(), "run_id": run_id}
-        t0 = time.time()
-        result = _trainer(config, ds, loop_config, run_name).fit()
-        if result.error is not None:
-            raise RuntimeError(f"training failed after {config.max_failures} retries: {result.error}") from result.error
-        seconds = time.time() - t0
-        client = mlflow.MlflowClient()
-        tps = [m.value for m in client.get_metric_history(run_id, "tokens_per_second")]
-        metrics = {"final_loss": float(result.metrics["loss"]), "steps": int(result.metrics["step"]),
-                   "train_seconds": round(seconds, 1), "rows": len(rows),
-                   "mean_tokens_per_second": round(sum(tps) / len(tps), 1) if tps else 0.0}
-        mlflow.log_metrics({k: v for k, v in metrics.items() if k != "rows"})
-        summary = {"output": config.output, "mlflow_run_id": run_id, "metrics": metrics,
-                   "markers": config.markers, "taxonomy_version": taxonomy.version,
-                   "data_manifest_id": data_manifest_id, "registered_model": config.model_name}
-        extra = {"config": _config_key(config), "markers": config.markers, "taxonomy_version": taxonomy.version,
-                 "data_manifest_id": data_manifest_id, "step": metrics["steps"]}
-        local = _download(result.checkpoint)
-        card = _write_card(config, local, taxonomy, metrics, lineage)
-        from treasure.models.mlflow_model import log_model
+    result = _trainer(config, plan.state["ds"], loop_config, plan.run_name).fit()
+    if result.error is not None:
+        raise RuntimeError(f"training failed after {config.max_failures} retries: {result.error}") from result.error
+    client = mlflow.MlflowClient()
+    tps = [m.value for m in client.get_metric_history(attempt.run_id, "tokens_per_second")]
+    metrics = {"final_loss": float(result.metrics["loss"]), "steps": int(result.metrics["step"]),
+               "train_seconds": attempt.seconds(), "rows": len(rows),
+               "mean_tokens_per_second": round(sum(tps) / len(tps), 1) if tps else 0.0}
+    mlflow.log_metrics({k: v for k, v in metrics.items() if k != "rows"})
+    summary = {"metrics": metrics, "markers": config.markers, "taxonomy_version": taxonomy.version,
+               "data_manifest_id": data_manifest_id, "registered_model": config.model_name}
+    local = _download(result.checkpoint)
+    card = _write_card(config, local, taxonomy, metrics, plan.lineage)
+    from treasure.models.mlflow_model import log_model
 
-        log_model(run_id, local)  # a real MLflow model (pyfunc) holding the checkpoint and its card
-        if config.register:
-            summary["model_version"] = _register(run_id, config.model_name, taxonomy, config.markers, card)
-        manifest = _publish(config, local, {**extra, "summary": summary})
-        summary["manifest_id"] = manifest["manifest_id"]
-    return _push(config, summary)
+    log_model(attempt.run_id, local)  # a real MLflow model (pyfunc) holding the checkpoint and its card
+    if config.register:
+        summary["model_version"] = tracking.register_version(
+            config.model_name, source=f"{mlflow.get_run(attempt.run_id).info.artifact_uri}/{MODEL_PATH}",
+            run_id=attempt.run_id, description=card, model_tags={"taxonomy_version": taxonomy.version}, tags={
+                "taxonomy_version": taxonomy.version, "markers": str(config.markers).lower(),
+                "taxonomy_file": f"{MODEL_PATH}/artifacts/{MODEL_ARTIFACT}/{TAXONOMY}"})
+    _stage_files(local, attempt)
+    return Result(summary=summary, manifest={"markers": config.markers, "taxonomy_version": taxonomy.version,
+                                             "data_manifest_id": data_manifest_id, "step": metrics["steps"]})
+
+
+# Where a copy is pushed changes nothing in what is trained.
+STAGE = Stage("train", plan=plan_train, work=work, key_exclude=("push_to_hub", "push_adapter_only"), after=_push)
+
+
+def run(config: TrainConfig, *, parent_run_id: str | None = None) -> dict:
+    """Train `config` into `config.output` through the stage contract (treasure.stage); pushes a
+    copy where `push_to_hub` says, for a fresh or a reused checkpoint alike."""
+    return STAGE.run(config, parent_run_id=parent_run_id)

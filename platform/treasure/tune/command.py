@@ -10,41 +10,14 @@ resumes the search (Tuner.restore). Ray: RAY_ADDRESS when set, else a private lo
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
 from treasure.cluster import init_ray
 from treasure.config import cli_args, load_config
 from treasure.tune.config import TuneConfig
+from treasure.tune.results import results_table
 from treasure.tune.search import SearchInterrupted, run
-from treasure.tune.trial import report_keys
-
-
-# Shown beside the objective's metrics when the trials report them.
-CONTEXT = ("heldout.loss", "longtail.inference.head_accuracy", "inference.block_ok")
-
-
-def results_table(rows: list[dict], config: TuneConfig) -> str:
-    """The trials as a Markdown table, best first: sampled values, status, objective metrics, objective."""
-    metrics = report_keys(config.objective)
-    metrics += [k for k in CONTEXT if k not in metrics and any(k in r for r in rows)]
-    head = ["trial", *config.space, "status", *metrics, "objective", "seconds"]
-
-    def cell(v) -> str:
-        return "-" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    def status(r: dict) -> str:
-        if r["error"]:
-            return "error"
-        return f"stopped early (round {int(r['round'])})" if r["stopped_early"] else "finished"
-
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(rows, key=lambda r: -r["objective"] if not math.isnan(r["objective"]) else math.inf):
-        lines.append("| " + " | ".join([r["trial_id"], *(cell(r[k]) for k in config.space), status(r),
-                                          *(cell(r.get(k, math.nan)) for k in metrics),
-                                          cell(r["objective"]), f"{r['seconds']:.0f}"]) + " |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
-from treasure.config import StrictModel
+from treasure.config import ConfigError, StrictModel, set_dotted
 from treasure.tune.objective import ObjectiveSpec
 
 
@@ -98,7 +98,7 @@ class SchedulerSpec(StrictModel):
 class ResourcesSpec(StrictModel):
     """What each trial reserves, so trials never starve each other or the data pipeline."""
 
-    trial_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved by the trial process (it trains in-process when train.num_workers allows; see docs/tuning.md).")
+    trial_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved by the trial process (it trains in-process when train.pool.count allows; see docs/tuning.md).")
     trial_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved by the trial process (a GPU group per trial on a cluster).")
     trial_memory_mb: int = Field(
         512, ge=1, description="Memory (MiB) Ray reserves for the trial process; also what lets a 0-CPU trial be a valid Ray resource request."
@@ -153,29 +153,20 @@ class TuneConfig(StrictModel):
         return self
 
 
-def set_path(data: dict, key: str, value: Any) -> None:
-    """Set `data[a][b][c] = value` for key 'a.b.c' in place, creating sections (a sampled value, already typed).
+def apply_params(base: dict, params: dict[str, Any]) -> dict:
+    """A copy of the base config dict with each sampled `params` value set at its dotted key.
 
-    >>> d = {"dropout": {"dataset_rate": 0.5}}
-    >>> set_path(d, "dropout.category_rates.domain", 0.1); d
+    >>> apply_params({"dropout": {"dataset_rate": 0.5}}, {"dropout.category_rates.domain": 0.1})
     {'dropout': {'dataset_rate': 0.5, 'category_rates': {'domain': 0.1}}}
     """
-    parts = key.split(".")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"search key {key!r}: {p!r} is not a section of the train config")
-    node[parts[-1]] = value
-
-
-def apply_params(base: dict, params: dict[str, Any]) -> dict:
-    """A copy of the base train-config dict with each sampled `params` value set at its key."""
     import copy
 
     data = copy.deepcopy(base)
     for key, value in params.items():
-        set_path(data, key, value)
+        try:
+            set_dotted(data, key, value)
+        except ConfigError as e:
+            raise ConfigError(f"search key {key!r}: {e}") from None
     return data
 
 

@@ -10,8 +10,8 @@ Rows are grouped by band (treasure.evaluate.metrics.value_bands over the trainin
 holds the held-out rows with at least one marker value in the tail band among `categories` (a
 value unseen in training counts as tail, as in the evaluation), ``head`` the others.
 
->>> from treasure.evaluate.examples import Example
->>> rows = [Example("a", "p", "r", {"domain": "Legal"}), Example("b", "p", "r", {"domain": "Code"})]
+>>> from treasure.evaluate.examples import AnnotatedRow
+>>> rows = [AnnotatedRow("a", "p", "r", {"domain": "Legal"}), AnnotatedRow("b", "p", "r", {"domain": "Code"})]
 >>> {k: [e.id for e in v] for k, v in band_groups(rows, {"domain": {"Legal": "tail", "Code": "head"}}, ["domain"]).items()}
 {'tail': ['a'], 'head': ['b']}
 """

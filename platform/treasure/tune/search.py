@@ -1,4 +1,4 @@
-"""The search: Tuner setup, restore, MLflow parent and nested runs, best-trial registration, plot.
+"""The search: Tuner setup, restore, the MLflow parent run (results, plot and registration: tune/results.py).
 
 ``run(config)`` assumes Ray is initialised. It
 1. resolves the base train/evaluate configs and checks every search key against TrainConfig
@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 from treasure import tracking
 from treasure.config import ConfigError, load_config
-from treasure.tune import objective as obj
 from treasure.tune.config import Choice, Grid, LogUniform, RandInt, TuneConfig, Uniform, apply_params, example_value
-from treasure.tune.trial import CONTEXT_PREFIXES, TrialSetup, report_keys, run_trial
+from treasure.tune.results import log_results
+from treasure.tune.trial import TrialSetup, run_trial
 
 SEARCH_FILE = "treasure_search.json"  # parent MLflow run id + config of a search, for restore
 
@@ -60,8 +59,11 @@ def base_configs(config: TuneConfig, *, evaluate: bool = True) -> tuple[dict, di
     """
     from treasure.train.config import TrainConfig
 
+    from treasure.pipeline import driver_paths
+
     train = load_config(TrainConfig, config.pipeline_config, config.train_overrides, section=config.train_section)
-    train_dict = train.model_dump(mode="json")
+    # Trials run in their own folders: every path is made absolute here, in the driver.
+    train_dict = driver_paths(train).model_dump(mode="json")
     for key, domain in config.space.items():
         try:
             TrainConfig.model_validate(apply_params(train_dict, {key: example_value(domain)}))
@@ -76,8 +78,10 @@ def _evaluate_dict(config: TuneConfig) -> dict:
     from treasure.evaluate.config import EvaluateConfig
 
     # model/output are set per trial; validate the rest now so a bad section fails before any trial.
+    from treasure.pipeline import driver_paths
+
     cfg = load_config(EvaluateConfig, config.pipeline_config, config.evaluate_overrides, section=config.evaluate_section)
-    return cfg.model_dump(mode="json")
+    return driver_paths(cfg).model_dump(mode="json")
 
 
 def trial_bundles(config: TuneConfig, train: dict) -> list[dict[str, float]]:
@@ -87,15 +91,16 @@ def trial_bundles(config: TuneConfig, train: dict) -> list[dict[str, float]]:
     >>> cfg = TuneConfig(space={"dropout.dataset_rate": {"type": "grid", "values": [0.5]}},
     ...                  objective=ObjectiveSpec(terms=[ObjectiveTerm(metric="m", mode="max")]),
     ...                  resources={"trial_cpus": 0, "max_concurrent_trials": 1, "reserve_cpus": 0})
-    >>> trial_bundles(cfg, {"num_workers": 1, "cpus_per_worker": 2, "use_gpu": False})
-    [{'CPU': 2}]
+    >>> trial_bundles(cfg, {"pool": {"count": 1, "num_cpus": 2}})
+    [{'CPU': 2.0}]
     """
     res = config.resources
     per_trial: list[dict[str, float]] = []
     if res.trial_cpus or res.trial_gpus:
         per_trial.append({k: v for k, v in {"CPU": res.trial_cpus, "GPU": res.trial_gpus}.items() if v})
-    worker = {"CPU": train["cpus_per_worker"], **({"GPU": 1} if train["use_gpu"] else {})}
-    per_trial += [dict(worker) for _ in range(train["num_workers"])]
+    from treasure.resources import Pool
+
+    per_trial += Pool.model_validate(train["pool"]).bundles()
     bundles = per_trial * res.max_concurrent_trials
     if res.reserve_cpus:
         bundles.append({"CPU": res.reserve_cpus})
@@ -107,7 +112,7 @@ def check_resources(config: TuneConfig, train: dict) -> None:
 
     check_placement(trial_bundles(config, train), f"{config.resources.max_concurrent_trials} concurrent trial(s)",
                     "lower tune.resources.max_concurrent_trials / trial_cpus / reserve_cpus or the train "
-                    "section's num_workers / cpus_per_worker (a trial that cannot be placed waits forever)")
+                    "section's pool (count / num_cpus) (a trial that cannot be placed waits forever)")
 
 
 def searcher(config: TuneConfig):
@@ -213,24 +218,6 @@ def ended_trials(search_dir: Path) -> int:
     return sum(t.status in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(str(search_dir)).trials)
 
 
-def trial_rows(result_grid, config: TuneConfig) -> list[dict]:
-    """One flat row per trial: trial id, status, sampled params, last reported metrics, stopped early or not."""
-    rows = []
-    keys = ["round", "round_objective", "objective"] + report_keys(config.objective)
-    for res in result_grid:
-        m = res.metrics or {}
-        row = {"trial_id": m.get("trial_id") or Path(res.path).name, "error": res.error is not None}
-        row.update({k: res.config.get(k) for k in config.space})
-        row.update({k: float(m[k]) if k in m and m[k] is not None else math.nan for k in keys})
-        row.update({k: float(v) for k, v in sorted(m.items())
-                    if k.startswith(CONTEXT_PREFIXES) and k not in row and isinstance(v, (int, float))})
-        row["stopped_early"] = not row["error"] and row["round"] < config.rounds
-        row["seconds"] = float(m.get("time_total_s", math.nan))  # the trial's own time (Tune's clock)
-        row["path"] = res.path
-        rows.append(row)
-    return rows
-
-
 def _open_parent(config: TuneConfig, search_dir: Path, restored: bool, parent_run_id: str | None) -> str:
     """The parent MLflow run id: the saved one when restoring, else a new run logging the search config."""
     saved = search_dir.parent / f"{config.name}.{SEARCH_FILE}"
@@ -244,65 +231,14 @@ def _open_parent(config: TuneConfig, search_dir: Path, restored: bool, parent_ru
     return run_id
 
 
-def _trial_run_id(experiment: str, parent_run_id: str, trial_id: str) -> str | None:
-    import mlflow
-
-    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`tune.trial_id` = '{trial_id}'")
-    return runs[0].info.run_id if runs else None
-
-
-def close_stopped_runs(experiment: str, search_run_id: str) -> int:
-    """Mark trial runs that Tune stopped early (their process was ended mid-run) as KILLED; returns how many."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                              filter_string=f"tags.`mlflow.parentRunId` = '{search_run_id}' and attributes.status = 'RUNNING'")
-    client = MlflowClient()
-    for r in runs:
-        client.set_tag(r.info.run_id, "tune.stopped_early", "true")
-        client.set_terminated(r.info.run_id, status="KILLED")
-    return len(runs)
-
-
-def register_best(config: TuneConfig, best: dict, parent_run_id: str) -> dict:
-    """Log the best trial's checkpoint to its MLflow run and register it as `config.register_model`."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    run_id = _trial_run_id(config.experiment, parent_run_id, best["trial_id"])
-    if run_id is None:
-        raise RuntimeError(f"best trial {best['trial_id']} has no MLflow run under parent {parent_run_id}")
-    model = mlflow.get_run(run_id).data.tags.get("tune.model")
-    out = {"trial_run_id": run_id, "model": model}
-    if not (config.register_model and model):
-        return out
-    from treasure.models.mlflow_model import log_model
-
-    client = MlflowClient()
-    source = log_model(run_id, model)  # a real MLflow model (pyfunc) holding the checkpoint
-    try:
-        client.create_registered_model(config.register_model, tags={"tune.search": config.name})
-    except MlflowException as e:
-        if "RESOURCE_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e).lower():
-            raise
-    mv = client.create_model_version(config.register_model, source=source, run_id=run_id,
-                                     tags={"tune.search": config.name, "objective": str(best["objective"])})
-    out["model_version"] = mv.version
-    return out
-
-
-def run(config: TuneConfig, *, parent_run_id: str | None = None, round_fn: str | Callable | None = None,
+def run(config: TuneConfig, *, parent_run_id: str | None = None, round_fn: Callable | None = None,
         env: dict[str, str] | None = None) -> dict:
     """Run (or resume) the search; returns {"output", "mlflow_run_id", "best", "trials", "plot", "metrics"}.
 
     `parent_run_id` nests the search's run under a pipeline run. `round_fn` replaces the real
-    train → evaluate round (a "module:function" or a function; tests use cheap ones), `env` is set
+    train → evaluate round (a function; tests use cheap ones), `env` is set
     in every trial process.
     """
-    import mlflow
 
     search_dir = Path(config.storage_path).resolve() / config.name
     train, evaluate = base_configs(config, evaluate=round_fn is None)
@@ -316,8 +252,7 @@ def run(config: TuneConfig, *, parent_run_id: str | None = None, round_fn: str |
         round_evaluate_overrides=dict(config.round_evaluate_overrides), round_evaluate=config.round_evaluate,
         heldout_rows=config.heldout_rows, experiment=config.experiment,
         parent_run_id=search_run_id, tracking_uri=tracking.tracking_uri(), artifact_root=tracking.artifact_root(),
-        cwd=os.getcwd(), trials_root=str(search_dir.parent / f"{config.name}.trials"), env=dict(env or {}),
-        **({"round_fn": round_fn} if round_fn else {}),
+        trials_root=str(search_dir.parent / f"{config.name}.trials"), env=dict(env or {}), round_fn=round_fn,
     )
     tuner, restored = _tuner(config, setup, search_dir)
     results = tuner.fit()
@@ -326,40 +261,10 @@ def run(config: TuneConfig, *, parent_run_id: str | None = None, round_fn: str |
         # Tune saved its state on the interrupt; nothing is ranked or registered from a partial search.
         raise SearchInterrupted(f"search {config.name} interrupted with {ended} of {expected} trials ended; "
                                 f"run the same command again to resume from {search_dir}")
-    rows = trial_rows(results, config)
-    finished = [r for r in rows if not math.isnan(r["objective"])]
-    i = obj.best_index(finished, config.objective) if finished else None
-    best = finished[i] if i is not None else None
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    stopped = close_stopped_runs(config.experiment, search_run_id)
-    with mlflow.start_run(run_id=search_run_id):
-        plot = search_dir.parent / f"{config.name}.objective.png"
-        plotted = _plot(rows, config, plot)
-        if plotted:
-            mlflow.log_artifact(str(plot), "plots")
-        mlflow.log_dict({"trials": rows}, "trials.json")
-        mlflow.log_metrics({"trials": len(rows), "trials_finished": len(finished), "trials_stopped_early": stopped,
-                            "restored": float(restored)})
-        registered = {}
-        if best is not None:
-            mlflow.log_metric("best_objective", best["objective"])
-            mlflow.log_dict({k: best[k] for k in config.space}, "best/params.json")
-            mlflow.log_dict(apply_params(train, {k: best[k] for k in config.space}), "best/train_config.json")
-            for k in config.space:
-                mlflow.set_tag(f"best.{k}", str(best[k]))
-            registered = register_best(config, best, search_run_id)
-            mlflow.set_tags({f"best.{k}": str(v) for k, v in registered.items() if v is not None})
+    best, rows, registered, plotted, stopped, finished = log_results(config, results, search_dir, search_run_id, train, restored)
     return {"output": str(search_dir), "mlflow_run_id": search_run_id, "restored": restored, "best": best,
-            "registered": registered, "trials": rows, "plot": str(plot) if plotted else None,
+            "registered": registered, "trials": rows, "plot": plotted,
             "metrics": {"trials": len(rows), "trials_finished": len(finished), "trials_stopped_early": stopped,
                         "best_objective": best["objective"] if best else math.nan}}
 
-
-def _plot(rows: list[dict], config: TuneConfig, path: Path) -> bool:
-    from treasure.tune.plot import numeric_keys, plot_objective
-
-    if not rows or not numeric_keys(rows, list(config.space)):
-        return False
-    plot_objective(rows, list(config.space), path, title=f"{config.name}: objective vs searched rates")
-    return True
 

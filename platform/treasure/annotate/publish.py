@@ -84,6 +84,12 @@ def publish(cfg, taxonomy, specs: list[dict], source_manifest: dict, attempt, me
     # Length variants (treasure.corpus.length_variants) get their own rows in the per-source table.
     sources = [f"{s} (variants)" if is_derived(i) else s for s, i in zip(data["source"], data["id"])]
     report = marker_report([json.loads(m) for m in data["markers"]], taxonomy, cfg.tail_share, sources=sources)
+    if cfg.tagger.enabled and cfg.tagger.engine == "distilled":  # teacher coverage, agreement, accuracy, Unspecified
+        from treasure.annotate.report import tagger_summary
+        from treasure.annotate.student import student_dir
+
+        student = json.loads(storage.read_bytes(storage.join(student_dir(cfg), "student.json")))
+        report["tagger"] = tagger_summary([json.loads(p) for p in data["provenance"]], cfg.tagger.categories, student)
     report_files = {"json": json.dumps(report, indent=2, ensure_ascii=False).encode(),
                     "md": report_markdown(report).encode(), "png": report_png(report)}
     for ext, blob in report_files.items():
@@ -93,7 +99,7 @@ def publish(cfg, taxonomy, specs: list[dict], source_manifest: dict, attempt, me
             mlflow.log_text(blob.decode(), f"report/marker_report.{ext}")
     mlflow.log_image(_png_array(report_files["png"]), "report/marker_report.png")
 
-    tagged = sum(1 for p in data["provenance"] for c in json.loads(p).values() if c["by"] == "llm" and not str(c.get("note") or "").startswith("not tagged"))
+    tagged = sum(1 for p in data["provenance"] for c in json.loads(p).values() if c["by"] in ("llm", "distilled") and not str(c.get("note") or "").startswith("not tagged"))
     seconds = attempt.seconds()
     all_metrics = {**metrics, "seconds": seconds, "rows": len(data), "error_rows": len(errs), "input_rows": input_rows,
                    "tagger_answers": tagged, "rows_per_s": round(input_rows / max(seconds, 1e-9), 2)}

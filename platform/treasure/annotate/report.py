@@ -1,7 +1,9 @@
 """Marker report: distribution per category and value, with head/tail bands, as JSON, Markdown, PNG.
 
 Enum and bucket categories are counted per value (share of all annotated rows; a value under
-`tail_share` of rows is in the tail band). Numeric categories get summary statistics.
+`tail_share` of rows is in the tail band). Numeric categories get summary statistics. With the distilled
+tagger, `tagger_summary` adds per category who set the value (teacher or student), the share left
+Unspecified, the student's held-out agreement and its hand-set accuracy.
 
 >>> from treasure.taxonomy import load_taxonomy
 >>> r = marker_report([{"domain": "Code"}] * 19 + [{"domain": "Math"}], load_taxonomy("paper"), 0.1)
@@ -82,7 +84,57 @@ def report_markdown(report: dict) -> str:
         for src, e in table.items():
             shares = " | ".join(f"{e['values'].get(v, 0) / e['rows']:.2f}" for v in values)
             lines.append(f"| {src} | {shares} | {e['rows']:,} |")
+    if "tagger" in report:
+        lines += tagger_markdown(report["tagger"])
     return "\n".join(lines) + "\n"
+
+
+def tagger_summary(provenance: list[dict], categories: list[str], student: dict) -> dict:
+    """The marker report's distilled-tagger section, per category: who set the value (teacher coverage: metadata,
+    the label file or the LLM teacher; student), the share left Unspecified by the student, the student's agreement with the teacher
+    on its held-out slice and its accuracy on the hand-labelled set (from `student.json`).
+
+    >>> p = [{"domain": {"by": "metadata"}}, {"domain": {"by": "distilled", "note": "unspecified: confidence below 0.5"}}]
+    >>> s = tagger_summary(p, ["domain"], {"heads": {}, "info": {}})["categories"]["domain"]
+    >>> s["teacher_coverage"], s["student_share"], s["unspecified_share"]
+    (0.5, 0.5, 0.5)
+    """
+    n = len(provenance)
+    evaluation = (student["info"].get("evaluation") or {})
+    out = {"rows": n, "evaluation": {k: v for k, v in evaluation.items() if k != "categories"}, "categories": {}}
+    for cat in categories:
+        by = [p.get(cat, {}) for p in provenance]
+        teacher = sum(r.get("by") in ("metadata", "file", "llm") for r in by)
+        student_rows = [r for r in by if r.get("by") == "distilled"]
+        open_rows = sum(str(r.get("note") or "").startswith("unspecified") for r in student_rows)
+        not_tagged = sum(str(r.get("note") or "").startswith("not tagged") for r in by)
+        head = student["heads"].get(cat, {}).get("stats", {})
+        entry = {"teacher_coverage": round(teacher / n, 4) if n else 0.0, "student_share": round(len(student_rows) / n, 4) if n else 0.0,
+                 "unspecified_share": round(open_rows / n, 4) if n else 0.0, "not_tagged": not_tagged,
+                 "teacher_rows": head.get("teacher_rows"), "heldout_rows": head.get("heldout_rows"),
+                 "agreement": head.get("agreement")}
+        scored = (evaluation.get("categories") or {}).get(cat)
+        if scored:
+            entry["hand_accuracy"] = scored["argmax"]
+        out["categories"][cat] = entry
+    return out
+
+
+def tagger_markdown(t: dict) -> list[str]:
+    """The distilled tagger's table: teacher coverage, student share, Unspecified, agreement, hand-set accuracy."""
+    ev = t.get("evaluation") or {}
+    lines = ["", "## Distilled tagger (share of all rows; agreement on the teacher's held-out slice; accuracy on "
+             f"{ev.get('file') or 'no hand-labelled set'}{', ' + ev['method'] if ev.get('method') else ''})", "",
+             "| category | teacher coverage | student | left Unspecified | not tagged | held-out agreement (n) | "
+             "hand-set accuracy [95% CI] | majority baseline |", "|---|---|---|---|---|---|---|---|"]
+    for cat, e in t["categories"].items():
+        agree = f"{e['agreement']:.1%} ({e['heldout_rows']})" if e.get("agreement") is not None else "-"
+        acc = e.get("hand_accuracy")
+        hand = f"{acc['accuracy']:.1%} [{acc['ci95'][0]:.1%}, {acc['ci95'][1]:.1%}] (n={acc['n']})" if acc else "-"
+        major = f"{acc['majority_accuracy']:.1%} ({acc['majority']})" if acc else "-"
+        lines.append(f"| {cat} | {e['teacher_coverage']:.2%} | {e['student_share']:.2%} | {e['unspecified_share']:.2%} | "
+                     f"{e['not_tagged']} | {agree} | {hand} | {major} |")
+    return lines
 
 
 def report_png(report: dict) -> bytes:

@@ -6,7 +6,8 @@
 2. Skip shards already finished under `<output>/_staging/<config key>/shards/<shard>/`
    (a `done.json` written after the shard's data and errors files; treasure.annotate.shards).
 3. Ray Data: shard specs → read + cheap annotators (tasks) → LLM tagger (`engine: vllm`: Ray Data's
-   own LLM processor, `annotate/llm_processor.py`; `transformers`: an actor pool) → quality +
+   own LLM processor, `annotate/llm_processor.py`; `transformers`: an actor pool; `distilled`: the
+   student trained first on teacher labels, annotate/student.py, on an actor pool) → quality +
    merge (actor pool) → the driver, which writes each shard when all its rows arrived.
 4. Publish (annotate/publish.py): quality_bucket (quartiles per language over all rows), final
    parts, errors table, marker report into the attempt's staging; check input rows = annotated +
@@ -65,6 +66,12 @@ def build_dataset(cfg: AnnotateConfig, specs: list[dict]):
         from treasure.annotate.llm_processor import tag_with_processor
 
         ds = tag_with_processor(ds, cfg)  # ray.data.llm's vLLM engine processor
+    elif cfg.tagger.enabled and any(s["tag_budget"] for s in specs) and cfg.tagger.engine == "distilled":
+        from treasure.annotate.student import DistilledTagger
+
+        p = cfg.tagger.pool  # the student trained by prepare_student (work, below) before the shards run
+        ds = ds.map_batches(DistilledTagger, fn_constructor_kwargs={"config": config}, batch_size=cfg.tagger.batch_size,
+                            batch_format="pandas", concurrency=p.count, **p.ray_options())
     elif cfg.tagger.enabled and any(s["tag_budget"] for s in specs):
         p = cfg.tagger.pool
         ds = ds.map_batches(Tagger, fn_constructor_kwargs={"config": config}, batch_size=cfg.tagger.batch_size,
@@ -115,6 +122,10 @@ def work(cfg: AnnotateConfig, plan: Plan, attempt: Attempt, crash_after_shards: 
     specs, source = plan.state["specs"], plan.state["source"]
     todo = [s for s in specs if read_done(cfg, s["shard"]) is None]
     print(f"annotate: {len(specs)} shards, {len(specs) - len(todo)} already done, {len(todo)} to run", flush=True)
+    if cfg.tagger.enabled and cfg.tagger.engine == "distilled":
+        from treasure.annotate.student import prepare_student
+
+        prepare_student(cfg, plan, attempt)  # teacher labels → student (a Ray task), kept for resumed attempts
     ran = annotate_shards(cfg, todo, crash_after_shards) if todo else 0
     return publish(cfg, plan.taxonomy, specs, source, attempt,
                    {"shards": len(specs), "shards_run": ran, "shards_skipped": len(specs) - len(todo)})

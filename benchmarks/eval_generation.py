@@ -71,6 +71,7 @@ def requests(n: int, taxonomy) -> list[dict]:
 def run_arm(arm: str, folder: Path, rows: list[dict], max_tokens: int, taxonomy) -> dict:
     from treasure.models.engine import EngineConfig, SamplingParams, auto_dtype
     from treasure.evaluate.generation import generate_rows
+    from treasure.resources import Pool
 
     engine = EngineConfig(model=str(folder), backend=arm, batch_size=32, dtype=auto_dtype(arm))
     t0 = time.perf_counter()

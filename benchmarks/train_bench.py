@@ -231,7 +231,7 @@ def prepare(args, tmp: Path) -> dict:
         raise SystemExit(f"{data_uri} has no committed manifest: run the annotate stage (or pass --input)")
     cfg = base.model_copy(update={
         "input": data_uri, "experiment": "train-bench", "max_steps": args.steps, "checkpoint_every": args.steps,
-        "pool": {**cfg.pool.model_dump(), "count": 1}, "force": True, "register": False, "output": str(tmp / "ckpt")})
+        "pool": {**base.pool.model_dump(), "count": 1}, "force": True, "register": False, "output": str(tmp / "ckpt")})
     # model.tokenizer_cache stays the config's: a corpus BPE the stage already trained is reused
     _ray_init(args.num_cpus)
     try:
@@ -300,7 +300,7 @@ def summarize(args, prep: dict, results: dict) -> dict:
         "machine": f"{os.cpu_count()} CPUs", "model": cfg.model.model_dump(), "params": params, "data": prep["data"],
         "rows": prep["rows"], "steps": args.steps, "window_steps": f"{args.warmup + 1}..{args.steps}",
         "repeats": args.repeats, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-        "max_length": cfg.max_length, "log_every": cfg.log_every, "torch_threads": cfg.torch_threads,
+        "max_length": cfg.max_length, "log_every": cfg.log_every, "cpus_per_worker": cfg.pool.num_cpus,
         "torch_threads": {a: sorted({r["torch_threads"] for r in results[a]}) for a in arms},
         "tokens_per_second": {a: {"median": round(statistics.median(v), 1), "all": [round(x, 1) for x in v]} for a, v in tps.items()},
         "ratios": ratios, "target": "ray/plain >= 0.95",

@@ -23,7 +23,7 @@ demo: setup
 	$(PY) pipelines/full.py --config pipelines/configs/demo.yaml
 
 test: setup
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q --durations=25
 
 test-slow: setup
 	$(PY) -m pytest -m "slow" -q

@@ -17,7 +17,10 @@ them):
    `attempt.scratch` (``<output>/_staging/<key hash>/``, kept across attempts of one config).
    Files move into place only after the work returned.
 5. **Manifest last**: checksums of what storage now holds, the stage name, config key, code
-   version and summary; then `_staging` is removed; the run is tagged with the manifest id. A crash anywhere before this leaves no
+   version and summary; then the attempt's staging is removed (and `_staging` when nothing else
+   is left there); the run is tagged with the manifest id. A resumable stage's scratch stays
+   after the commit: a rerun after a torn manifest (a crash while it was written) resumes from
+   it instead of redoing finished work (annotate's shards); another config's run removes it. A crash anywhere before this leaves no
    committed output, and a rerun starts over (or resumes from `scratch`).
 6. **MLflow run**: one run per stage call (nested under the caller's parent run), logging the
    resolved config, taxonomy and lineage (treasure.tracking); its id lands in the summary.
@@ -165,7 +168,9 @@ class Stage:
             manifest = storage.commit_manifest(config.output, files, {
                 **result.manifest, "stage": self.name, "config": self.key(config), "code_version": self.code_version(),
                 "summary": {**summary, "manifest_id": None, "cached": True}})
-            storage.delete(storage.join(config.output, STAGING))
+            storage.delete(attempt.staging)
+            if not storage.list_files(storage.join(config.output, STAGING)):
+                storage.delete(storage.join(config.output, STAGING))
             import mlflow
 
             mlflow.set_tag("manifest_id", manifest["manifest_id"])

@@ -8,6 +8,8 @@ comes from the Ray state API (`ray.util.state.list_actors`), not from the pipeli
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import shutil
 import subprocess
@@ -41,6 +43,7 @@ def line_after(out: str, prefix: str) -> str:
     return out.split(prefix, 1)[1].splitlines()[0]
 
 
+@pytest.mark.slow  # a 3-node cluster running the whole CI pipeline: over a minute (the pure placement logic is test_infra_placement_config.py)
 def test_pipeline_places_annotation_and_training_on_different_nodes(tmp_path):
     root = tmp_path / "run"
     root.mkdir()

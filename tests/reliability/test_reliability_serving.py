@@ -31,6 +31,7 @@ def guarded(serve_app):
                      max_ongoing_requests=2, max_queued_requests=2, max_batch_size=2, log_requests=True)
 
 
+@pytest.mark.slow  # over a minute (89 s + 20 s setup on 2 cores); the unit-level injection checks stay in the default suite
 @pytest.mark.reliability
 def test_marker_and_special_token_injection_http(ray_local, guarded, taxonomy, tiny_checkpoint, check_record):
     from pathlib import Path

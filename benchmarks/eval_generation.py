@@ -1,11 +1,13 @@
 """Evaluation generation: the transformers actor path vs vLLM through `ray.data.llm`, same prompts and settings.
 
 Run:  .venv/bin/python benchmarks/eval_generation.py [--checkpoint DIR] [--prompts 96] [--max-tokens 192]
-      [--repeats 2] [--arms transformers,vllm]
+      [--repeats 2] [--arms transformers,vllm] [--batch 32] [--vllm-batch N]
 
 Both arms call the evaluate stage's own `treasure.evaluate.generation.generate_rows` on one local Ray
 cluster (2 CPUs), with the settings of `pipelines/configs/demo.yaml`'s evaluate.generation: one actor
-holding 2 CPUs, batches of 32, greedy, `--max-tokens` new tokens. transformers runs float32 (as the
+holding 2 CPUs, greedy, `--max-tokens` new tokens. Batches: the transformers arm 32 (the demo's
+transformers path, `--batch`), the vllm arm the demo config's `batch_size` (vLLM's max_num_seqs;
+`--vllm-batch`). transformers runs float32 (as the
 demo did before vLLM); vllm runs bfloat16 where the CPU has native bf16 (auto_dtype), as the demo
 does now. Prompts are the first `--prompts` Self-Instruct user instructions (bundled,
 data/), half of them with a requested `length_bucket` rendered by `render_request` as the
@@ -54,6 +56,13 @@ def checkpoint_dir(arg: str | None, root: Path) -> Path:
     return out
 
 
+def demo_generation_batch() -> int:
+    """evaluate.generation.batch_size of pipelines/configs/demo.yaml."""
+    import yaml
+
+    return int(yaml.safe_load((REPO / "pipelines" / "configs" / "demo.yaml").read_text())["evaluate"]["generation"]["batch_size"])
+
+
 def requests(n: int, taxonomy) -> list[dict]:
     from treasure.template import render_request
 
@@ -68,18 +77,18 @@ def requests(n: int, taxonomy) -> list[dict]:
     return rows
 
 
-def run_arm(arm: str, folder: Path, rows: list[dict], max_tokens: int, taxonomy) -> dict:
+def run_arm(arm: str, folder: Path, rows: list[dict], max_tokens: int, taxonomy, batch: int) -> dict:
     from treasure.models.engine import EngineConfig, SamplingParams, auto_dtype
     from treasure.evaluate.generation import generate_rows
     from treasure.resources import Pool
 
-    engine = EngineConfig(model=str(folder), backend=arm, batch_size=32, dtype=auto_dtype(arm))
+    engine = EngineConfig(model=str(folder), backend=arm, batch_size=batch, dtype=auto_dtype(arm))
     t0 = time.perf_counter()
     out = generate_rows(rows, {"m": engine}, {"m": False}, SamplingParams(max_tokens=max_tokens), taxonomy,
-                        pool=Pool(num_cpus=2.0), batch_size=32)
+                        pool=Pool(num_cpus=2.0), batch_size=batch)
     wall = time.perf_counter() - t0
     tokens = sum(int(r["completion_tokens"]) for r in out)
-    return {"arm": arm, "dtype": engine.dtype, "wall_s": round(wall, 1), "tokens": tokens,
+    return {"arm": arm, "dtype": engine.dtype, "batch": batch, "wall_s": round(wall, 1), "tokens": tokens,
             "tokens_per_s": round(tokens / wall, 1), "rows": len(out),
             "length_finishes": sum(r["finish_reason"] == "length" for r in out)}
 
@@ -91,7 +100,11 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--arms", default="transformers,vllm")
+    ap.add_argument("--batch", type=int, default=32, help="the transformers arm's batch (the demo's before vLLM: 32)")
+    ap.add_argument("--vllm-batch", type=int, default=None,
+                    help="the vllm arm's batch = max_num_seqs (default: the demo config's evaluate.generation.batch_size)")
     args = ap.parse_args()
+    vllm_batch = args.vllm_batch or demo_generation_batch()
 
     import ray
 
@@ -106,7 +119,7 @@ def main() -> None:
         results = []
         for rep in range(args.repeats):
             for arm in (arms if rep % 2 == 0 else arms[::-1]):
-                r = run_arm(arm, folder, rows, args.max_tokens, taxonomy)
+                r = run_arm(arm, folder, rows, args.max_tokens, taxonomy, vllm_batch if arm == "vllm" else args.batch)
                 print(json.dumps({"repeat": rep, **r}), flush=True)
                 results.append({"repeat": rep, **r})
         ray.shutdown()

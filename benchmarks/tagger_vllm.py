@@ -2,8 +2,8 @@
 
 Run:  .venv/bin/python benchmarks/tagger_vllm.py [--rows 200] [--categories domain,task] [--repeats 2]
 
-Requests: the first `--rows` bundled Self-Instruct instructions (data/), one request per row and
-category, built by the annotate stage's own `treasure.annotate.llm_processor.tag_requests` (the
+Requests: the first `--rows` bundled prompts (data/: the 252 Self-Instruct instructions, then the 750
+Arena-Hard questions, then alpaca-zh), one request per row and category, built by the annotate stage's own `treasure.annotate.llm_processor.tag_requests` (the
 tagger prompt with few-shot examples, chat-templated and tokenized; score mode: a
 structured-output choice over the category's labels), with the packaged SmolLM2-135M-Instruct.
 
@@ -12,9 +12,15 @@ neither inherits the other's warm caches:
   ray_data_llm  `treasure.annotate.llm_processor.answers_by_row`: Ray Data's vLLM engine processor,
                 one engine actor holding both CPUs of a local 2-CPU Ray cluster, batches of 64
   raw_vllm      `vllm.LLM.generate` on the same token ids and sampling parameters in one process
+                (vLLM's defaults: its engine core and model worker in processes of their own)
+  raw_vllm_inproc  the same with VLLM_ENABLE_V1_MULTIPROCESSING=0 (engine core in this process: no
+                process spawned; the processor's engine actors set it too, where it keeps the engine
+                core apart but runs the model inside it, treasure.models.engine.cpu_vllm_env)
 Both: bf16 where the CPU has it, eager mode, prefix caching on, max_num_seqs 64. Each arm is timed
-from engine creation to the last answer (both pay one engine start, ~30-50 s here, so use enough
-rows that it does not dominate); raw_vllm also reports `generate` alone. Prints JSON and the median
+from its first use of vLLM to the last answer: raw_vllm from `import vllm` (its process has not
+imported it before), ray_data_llm from building the processor on a running Ray cluster (its engine
+actor imports vLLM on the clock). Both pay one engine start, ~30-50 s here, so use enough rows that
+it does not dominate; raw_vllm also reports `generate` alone. Prints JSON and the median
 ratio ray_data_llm / raw_vllm in requests/s.
 """
 
@@ -49,16 +55,35 @@ def annotate_config(categories: list[str]):
                    "categories": categories, "batch_size": 64, "pool": {"count": 1, "num_cpus": 2.0}}})
 
 
+def bundled_prompts(n: int) -> list[tuple[str, str, str]]:
+    """The first `n` of: the 252 Self-Instruct instructions, then the 750 Arena-Hard questions, then alpaca-zh."""
+    out = []
+    for i, line in enumerate(DATA.read_text().splitlines()):
+        rec = json.loads(line)
+        out.append((f"si:{i}", rec["instruction"], rec["instances"][0]["output"]))
+    # Lines are split on "\n" only: str.splitlines also splits at the U+2028 some prompts hold.
+    for line in (REPO / "data" / "arena-hard-v2.0" / "question.jsonl").read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
+        if len(out) >= n:
+            break
+        rec = json.loads(line)
+        out.append((f"ah:{rec['uid']}", rec["prompt"], ""))
+    if len(out) < n:
+        for i, rec in enumerate(json.loads((REPO / "data" / "alpaca-zh" / "alpaca_zh_10000.json").read_text())):
+            if len(out) >= n:
+                break
+            out.append((f"zh:{i}", rec["instruction"] + ("\n" + rec["input"] if rec["input"] else ""), rec["output"]))
+    return out[:n]
+
+
 def build_requests(n: int, categories: list[str]) -> list[dict]:
     from treasure.annotate.llm_processor import tag_requests
     from treasure.models.causal_lm import model_folder
 
     cfg = annotate_config(categories)
-    rows = []
-    for i, line in enumerate(DATA.read_text().splitlines()[:n]):
-        rec = json.loads(line)
-        rows.append({"id": f"si:{i}", "prompt": rec["instruction"], "response": rec["instances"][0]["output"],
-                     "_to_tag": json.dumps(categories), "_error": None})
+    rows = [{"id": pid, "prompt": prompt, "response": response, "_to_tag": json.dumps(categories), "_error": None}
+            for pid, prompt, response in bundled_prompts(n)]
     folder = model_folder(cfg.tagger.model)
     return [r for row in rows for r in tag_requests(row, config_json=cfg.model_dump_json(), folder=folder)]
 
@@ -79,13 +104,16 @@ def arm_ray_data_llm(requests: list[dict], categories: list[str]) -> dict:
 
 
 def arm_raw_vllm(requests: list[dict], categories: list[str]) -> dict:
-    from vllm import LLM, SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
-
     from treasure.models.causal_lm import model_folder
     from treasure.models.engine import auto_dtype
 
+    # The clock starts before vLLM is imported: the other arm's engine actor imports it on the clock too.
+    assert "vllm" not in sys.modules, "the raw arm must import vLLM on its clock"
     t0 = time.perf_counter()
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    imported = time.perf_counter()
     llm = LLM(model=model_folder(annotate_config(categories).tagger.model), dtype=auto_dtype("vllm"), enforce_eager=True,
               enable_prefix_caching=True, max_num_seqs=64, max_model_len=4096)
     params = []
@@ -97,10 +125,12 @@ def arm_raw_vllm(requests: list[dict], categories: list[str]) -> dict:
     outs = llm.generate([{"prompt_token_ids": r["ids"]} for r in requests], params, use_tqdm=False)
     t1 = time.perf_counter()
     return {"answers": len(outs), "seconds_with_start": round(t1 - t0, 1), "requests_per_s": round(len(outs) / (t1 - t0), 2),
-            "generate_only_s": round(t1 - started, 1)}
+            "generate_only_s": round(t1 - started, 1), "import_s": round(imported - t0, 1)}
 
 
 def child(arm: str, rows: int, categories: list[str]) -> None:
+    if arm == "raw_vllm_inproc":  # vLLM's offline engine with its engine core in this process (no spawn)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     requests = build_requests(rows, categories)
     result = (arm_ray_data_llm if arm == "ray_data_llm" else arm_raw_vllm)(requests, categories)
     print("RESULT " + json.dumps({"arm": arm, "requests": len(requests), **result}), flush=True)
@@ -111,13 +141,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--categories", default="domain,task")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--arms", default="ray_data_llm,raw_vllm", help="of ray_data_llm, raw_vllm, raw_vllm_inproc")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cats = args.categories.split(",")
     if args.arm:
         child(args.arm, args.rows, cats)
         return
-    arms, results = ["ray_data_llm", "raw_vllm"], []
+    arms, results = args.arms.split(","), []
     for rep in range(args.repeats):
         for arm in (arms if rep % 2 == 0 else arms[::-1]):
             out = subprocess.run([sys.executable, __file__, "--arm", arm, "--rows", str(args.rows), "--categories",
@@ -127,11 +158,14 @@ def main() -> None:
                 raise RuntimeError(f"{arm} failed:\n{out.stderr[-3000:]}")
             results.append({"repeat": rep, **json.loads(line[len("RESULT "):])})
             print(json.dumps(results[-1]), flush=True)
-    ratios = [a["requests_per_s"] / b["requests_per_s"]
-              for a, b in zip([r for r in results if r["arm"] == "ray_data_llm"], [r for r in results if r["arm"] == "raw_vllm"])]
-    print(json.dumps({"rows": args.rows, "categories": cats, "results": results,
-                      "ratio_ray_data_llm_over_raw": round(statistics.median(ratios), 3),
-                      "ratios": [round(x, 3) for x in ratios]}, indent=1))
+    report = {"rows": args.rows, "categories": cats, "results": results}
+    for raw in ("raw_vllm", "raw_vllm_inproc"):
+        ratios = [a["requests_per_s"] / b["requests_per_s"]
+                  for a, b in zip([r for r in results if r["arm"] == "ray_data_llm"], [r for r in results if r["arm"] == raw])]
+        if ratios:
+            report[f"ratio_ray_data_llm_over_{raw}"] = round(statistics.median(ratios), 3)
+            report[f"ratios_over_{raw}"] = [round(x, 3) for x in ratios]
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

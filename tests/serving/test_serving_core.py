@@ -125,3 +125,20 @@ def test_taxonomy_body_lists_the_block_categories_of_a_block_taxonomy(tmp_path, 
     body = srv.taxonomy_body()
     assert [c["name"] for c in body["categories"]] == ["language", "length_bucket"]
     assert body["categories"][1]["allowed"] == ["concise", "medium", "long"]
+
+
+@pytest.mark.parametrize("requested", [{}, {"length_bucket": "medium"}])
+def test_a_stream_cut_by_max_tokens_is_the_plain_answer(lessons_checkpoint, requested):
+    """The transformers stream counts the model's own tokens: cut at any budget, the streamed answer is
+    the plain one (the piece that closes the block must not swallow answer tokens uncounted)."""
+    srv = ModelServer(ServeConfig(checkpoint=str(lessons_checkpoint), engine="transformers"))
+    answers = []
+    for max_tokens in (1, 2, 3, 5, 8, 13, 64):
+        p = srv.prepare_generate(GenerateRequest(prompt="Why is the sky blue?", markers=requested, max_tokens=max_tokens))
+        [plain] = srv.results_for(p, srv.generate_batch([p])[0])
+        pieces = list(srv.stream(p))
+        streamed, summary = "".join(d for d, s in pieces if s is None), pieces[-1][1]
+        assert (streamed, summary["finish_reason"]) == (plain.text, plain.finish_reason), max_tokens
+        answers.append(plain.text)
+    assert answers[0] and len(answers[-1].split()) >= 5  # one token is visible; 64 tokens hold a multi-word answer
+    assert len(set(answers)) >= 5  # the budgets really cut it at different places

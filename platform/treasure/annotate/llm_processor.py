@@ -85,13 +85,18 @@ def answers_by_row(cfg: AnnotateConfig, requests) -> dict[str, dict[str, tuple[s
                            "enable_prefix_caching": True, "max_num_seqs": t.batch_size, "max_model_len": 4096},
             batch_size=t.batch_size, concurrency=p.count, placement_group_config={"bundles": [bundle]},
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, should_continue_on_error=True,
-            runtime_env=cpu_engine_env(),
+            runtime_env=cpu_engine_env(gpu=p.num_gpus > 0),
         ),
         preprocess=lambda r: {"tokenized_prompt": list(r["ids"]), "sampling_params": json.loads(r["sampling"])},
         postprocess=lambda r: {"key": r["key"], "raw": r.get("generated_text") or "",
                                "error": str(r.get("__inference_error__") or "")},
         preprocess_map_kwargs=reshape_map_kwargs(), postprocess_map_kwargs=reshape_map_kwargs(),
     )
+    # Engine-batch-sized blocks: a dataset of many small blocks (from_items makes ~200; a flat_map keeps
+    # its input's) costs one preprocess and one postprocess task per block. Re-blocked and materialized
+    # before the engine actor exists: inside the processor's pipeline the re-blocking tasks would wait
+    # for CPUs the engine actor holds (on a 2-CPU cluster, forever).
+    requests = requests.repartition(max(1, -(-requests.count() // t.batch_size))).materialize()
     out: dict[str, dict[str, tuple[str, str]]] = {}
     for batch in processor(requests).iter_batches(batch_format="pandas"):
         for key, raw, error in zip(batch["key"], batch["raw"], batch["error"]):
@@ -140,7 +145,7 @@ def tag_with_processor(rows, cfg: AnnotateConfig):
     config_json = cfg.model_dump_json()
     rows = rows.materialize()  # read once: the requests and the merge both start from these rows
     requests = rows.flat_map(tag_requests, fn_kwargs={"config_json": config_json, "folder": model_folder(cfg.tagger.model)},
-                             num_cpus=cfg.rules.pool.num_cpus)
+                             num_cpus=cfg.rules.pool.num_cpus).materialize()  # counted, then run: built once
     answers = answers_by_row(cfg, requests) if requests.count() else {}
     ref = ray.put(answers)
     return rows.map_batches(apply_answers, fn_kwargs={"config_json": config_json, "answers": ref},

@@ -160,7 +160,7 @@ def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params:
             model_source=folder, engine_kwargs=kwargs, batch_size=batch_size, concurrency=pool.count,
             placement_group_config={"bundles": [bundle]},
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
-            runtime_env=cpu_engine_env(),
+            runtime_env=cpu_engine_env(gpu=pool.num_gpus > 0),
         ),
         preprocess=lambda r: {"tokenized_prompt": list(r["ids"]), "sampling_params": sampling},
         postprocess=lambda r: {"row_key": r["row_key"], "prefix": r["prefix"], "text": r["generated_text"],

@@ -18,15 +18,18 @@ def reshape_map_kwargs() -> dict:
     return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=2)}
 
 
-def cpu_engine_env() -> dict:
-    """The engine actors' runtime env on CPU machines (nothing secret).
+def cpu_engine_env(gpu: bool = False) -> dict:
+    """The engine actors' runtime env (nothing secret): `treasure.models.engine.cpu_vllm_env` on CPU.
 
-    VLLM_CPU_KVCACHE_SPACE: vLLM's CPU backend sizes its KV cache from it (GiB), not from device
-    memory. VLLM_CPU_NUM_OF_RESERVED_CPU=0: by default vLLM keeps one core of its node for the
-    frontend process and binds its compute threads to the rest, which on a 2-core machine halves a
-    batch engine (measured, raw vLLM, SmolLM2-135M bf16, 64 prompts: 212 tok/s bound to one core,
-    341 tok/s bound to both); a batch processor's frontend only feeds token ids. Either can be set
-    in the environment instead.
+    VLLM_CPU_NUM_OF_RESERVED_CPU=0: by default vLLM keeps one core of its node for the frontend
+    process and binds its compute threads to the rest, which on a 2-core machine halves a batch
+    engine (measured, raw vLLM, SmolLM2-135M bf16, 64 prompts: 212 tok/s bound to one core, 341 tok/s
+    bound to both); a batch processor's frontend only feeds token ids. Any of them can be set in the
+    environment instead. On GPU pools only the CPU KV-cache size is passed (vLLM ignores it there).
     """
-    return {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
-                         "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")}}
+    from treasure.models.engine import cpu_vllm_env
+
+    env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    if not gpu:
+        env |= cpu_vllm_env() | {"VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")}
+    return {"env_vars": env}

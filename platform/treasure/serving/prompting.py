@@ -204,6 +204,11 @@ class BlockStripper:
         self._body += delta
         return self._release(final=False)
 
+    @property
+    def started(self) -> bool:
+        """Whether any answer text has been released yet."""
+        return self._started
+
     def _release(self, final: bool) -> str:
         # Complete blocks inside the answer go (as in finish_output's strip_blocks); an open one is held.
         body = strip_blocks(self._body, self.taxonomy) if final else _drop_closed_blocks(self._body, self.open_tag, self.close_tag)

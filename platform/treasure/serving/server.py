@@ -64,11 +64,14 @@ class Answer:
 
     def feed(self, text: str, tokens: int) -> str:
         """Visible text released by `tokens` new tokens; sets `finish` when the answer must end here."""
-        in_answer = self.stripper.state == "body"
-        out, found = self.stops.feed(self.stripper.feed(text))
+        in_answer = self.stripper.state == "body" and self.stripper.started
+        released = self.stripper.feed(text)
+        out, found = self.stops.feed(released)
         self.tokens += tokens
-        # Tokens of the step that closes a block are the block's; without a block every token is the answer's.
-        self.counted = in_answer or self.stripper.block is False
+        # The answer's tokens start with its first visible text: the step that closes a block and the
+        # whitespace between the block and the answer (which the stripper drops) are the block's, as in
+        # the plain path, which counts the tokens of the stripped answer. Without a block every token counts.
+        self.counted = in_answer or bool(released) or self.stripper.block is False
         if self.counted:
             self.answer_tokens += tokens
         if found:
@@ -347,13 +350,12 @@ class ModelServer:
     def stream(self, prepared: Prepared) -> Iterator[tuple[str, dict[str, Any] | None]]:
         """Transformers engine: (answer delta, None) while generating, then ('', summary) last."""
         answer = Answer(self.taxonomy, prepared)
-        deltas = self.engine.stream(prepared.user_turn, prepared.params, prepared.prefix)
+        # Pieces after the prefix (already fed), each with the number of generated tokens it came from:
+        # the answer's budget counts the model's own tokens, as the plain path does.
+        pieces = self.engine.stream_tokens(prepared.user_turn, prepared.params, prepared.prefix)
         try:
-            for i, delta in enumerate(deltas):
-                if i == 0 and prepared.prefix and delta.startswith(prepared.prefix):
-                    delta = delta[len(prepared.prefix):]  # already fed: the engine repeats it first
-                # The streamer gives text, not token ids: count the delta's tokens (can differ by one).
-                out = answer.feed(delta, len(self.engine.tokenizer(delta, add_special_tokens=False)["input_ids"]))
+            for delta, tokens in pieces:
+                out = answer.feed(delta, tokens)
                 if out:
                     yield out, None
                 if answer.finish:
@@ -361,6 +363,8 @@ class ModelServer:
         except Exception as e:
             self._failed(e)
             raise
+        finally:
+            pieces.close()  # stops the generation now when the answer ended early (budget, stop string)
         reason = "length" if answer.tokens >= prepared.params.max_tokens else "stop"
         last, finish, done = answer.end(reason)
         if last:

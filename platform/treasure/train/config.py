@@ -7,6 +7,7 @@ MLflow whole; where things run (Ray address, tracking URI, S3 endpoint) comes fr
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -72,6 +73,12 @@ class LoraConfig(StrictModel):
     dropout: float = Field(0.05, ge=0.0, le=0.9, description="Dropout on the adapter input.")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
                                       description="Module names that get adapters.")
+
+
+# `register` (a config key since the first release) has the name of a method pydantic models inherit from
+# ABCMeta; the field shadows it harmlessly (nothing calls TrainConfig.register as ABC registration), but
+# pydantic warns about it in every process that imports this module.
+warnings.filterwarnings("ignore", message='Field name "register" in "TrainConfig" shadows', category=UserWarning)
 
 
 class TrainConfig(StrictModel):

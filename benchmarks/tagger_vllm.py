@@ -96,7 +96,8 @@ def arm_ray_data_llm(requests: list[dict], categories: list[str]) -> dict:
     cfg = annotate_config(categories)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
-    got = answers_by_row(cfg, ray.data.from_items(requests))
+    # Engine-batch-sized blocks, as the stage's shard-sized ones are at least (from_items would make ~200).
+    got = answers_by_row(cfg, ray.data.from_items(requests, override_num_blocks=max(1, -(-len(requests) // cfg.tagger.batch_size))))
     t1 = time.perf_counter()
     ray.shutdown()
     n = sum(len(v) for v in got.values())

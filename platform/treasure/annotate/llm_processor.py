@@ -70,7 +70,13 @@ def tag_requests(row: dict, *, config_json: str, folder: str) -> list[dict]:
 
 
 def answers_by_row(cfg: AnnotateConfig, requests) -> dict[str, dict[str, tuple[str, str]]]:
-    """Run the requests through the vLLM engine processor: {row id: {category: (answer, error)}}."""
+    """Run the requests through the vLLM engine processor: {row id: {category: (answer, error)}}.
+
+    Blocks of at least `tagger.batch_size` requests keep the processor's per-block preprocess and
+    postprocess tasks few (the stage's requests come in shard-sized blocks). They cannot be re-blocked
+    here: inside the processor's pipeline the re-blocking tasks wait for CPUs the engine actor holds
+    (on a 2-CPU cluster, forever), and re-blocking before it would hold every request in memory.
+    """
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from treasure.models.engine import auto_dtype
@@ -92,11 +98,6 @@ def answers_by_row(cfg: AnnotateConfig, requests) -> dict[str, dict[str, tuple[s
                                "error": str(r.get("__inference_error__") or "")},
         preprocess_map_kwargs=reshape_map_kwargs(), postprocess_map_kwargs=reshape_map_kwargs(),
     )
-    # Engine-batch-sized blocks: a dataset of many small blocks (from_items makes ~200; a flat_map keeps
-    # its input's) costs one preprocess and one postprocess task per block. Re-blocked and materialized
-    # before the engine actor exists: inside the processor's pipeline the re-blocking tasks would wait
-    # for CPUs the engine actor holds (on a 2-CPU cluster, forever).
-    requests = requests.repartition(max(1, -(-requests.count() // t.batch_size))).materialize()
     out: dict[str, dict[str, tuple[str, str]]] = {}
     for batch in processor(requests).iter_batches(batch_format="pandas"):
         for key, raw, error in zip(batch["key"], batch["raw"], batch["error"]):
@@ -145,7 +146,7 @@ def tag_with_processor(rows, cfg: AnnotateConfig):
     config_json = cfg.model_dump_json()
     rows = rows.materialize()  # read once: the requests and the merge both start from these rows
     requests = rows.flat_map(tag_requests, fn_kwargs={"config_json": config_json, "folder": model_folder(cfg.tagger.model)},
-                             num_cpus=cfg.rules.pool.num_cpus).materialize()  # counted, then run: built once
+                             num_cpus=cfg.rules.pool.num_cpus)
     answers = answers_by_row(cfg, requests) if requests.count() else {}
     ref = ray.put(answers)
     return rows.map_batches(apply_answers, fn_kwargs={"config_json": config_json, "answers": ref},

@@ -23,6 +23,7 @@ A prompt that does not fit the model's context is a per-row outcome (finish_reas
 
 from __future__ import annotations
 
+import functools
 import queue
 import os
 import threading
@@ -237,8 +238,8 @@ class TransformersEngine:
             raise ValueError(f"prompt is {width} tokens; the model's context is {self.context}")
         # The streamer's queue times out, so a generate thread that dies or hangs cannot hang the
         # stream; a consumer that stops iterating (client gone) stops the generation at its next token.
-        streamer = _CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                     timeout=STREAM_TOKEN_TIMEOUT_S)
+        streamer = _counting_streamer_class()(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                              timeout=STREAM_TOKEN_TIMEOUT_S)
         kwargs = self._gen_kwargs(params, width)
         stop = threading.Event()
         failure: list[BaseException] = []
@@ -268,7 +269,9 @@ class TransformersEngine:
             raise RuntimeError(f"generation failed: {type(failure[0]).__name__}: {failure[0]}") from failure[0]
 
 
+@functools.lru_cache(maxsize=1)
 def _counting_streamer_class():
+    """The streamer class, built once on first use (transformers is imported lazily in this module)."""
     from transformers import TextIteratorStreamer
 
     class CountingStreamer(TextIteratorStreamer):
@@ -305,11 +308,6 @@ def _counting_streamer_class():
                 self.text_queue.put(self.stop_signal, timeout=self.timeout)
 
     return CountingStreamer
-
-
-def _CountingStreamer(*args, **kwargs):
-    """A `CountingStreamer` (its class built on first use: transformers is imported lazily here)."""
-    return _counting_streamer_class()(*args, **kwargs)
 
 
 # How long a stream waits for the next token before it gives up (a stuck or dead generate thread).

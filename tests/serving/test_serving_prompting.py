@@ -113,6 +113,9 @@ def _stream(raw: str, cuts: list[int], taxonomy) -> tuple[str, list[str]]:
 
 
 RAWS = [
+    # Found by the random-chunks test below: a zero-width space pads the bracket as neutralize reads it,
+    # so "<\u200b d" cut there must wait (it could still become "<\u200b domain>").
+    "  <TEMPLATE></TEMPLATE><\u200b domaina",
     "<TEMPLATE><domain>Legal</domain></TEMPLATE>\n  Hello world  ",
     "  <TEMPLATE><length_bucket>long</length_bucket></TEMPLATE>Answer with <TEMPLATE> inside and < b and <domain",
     "No block here <language>x</language> end\n",

@@ -122,6 +122,10 @@ def _is_lt(ch: str) -> bool:
     return unicodedata.normalize("NFKC", ch) == "<"
 
 
+def _blank(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch) == "Cf"
+
+
 def _name_char(ch: str) -> bool:
     if unicodedata.category(ch) == "Cf":
         return True
@@ -141,11 +145,12 @@ def _pending_tag_start(text: str) -> int:
         if not _is_lt(text[i]):
             continue
         j = i + 1
-        while j < n and text[j].isspace():
+        # Padding is whitespace or invisible format characters, as neutralize's scan reads it.
+        while j < n and _blank(text[j]):
             j += 1
         if j < n and unicodedata.normalize("NFKC", text[j]) == "/":
             j += 1
-        while j < n and text[j].isspace():
+        while j < n and _blank(text[j]):
             j += 1
         while j < n and _name_char(text[j]):
             j += 1

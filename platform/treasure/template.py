@@ -236,19 +236,20 @@ def neutralize(text: str, taxonomy: Taxonomy) -> str:
     return "".join(out)
 
 
-def _blank(ch: str) -> bool:
-    """Whitespace or an invisible format character (zero-width space, joiners, BOM)."""
+def tag_padding(ch: str) -> bool:
+    """Whitespace or an invisible format character (zero-width space, joiners, BOM): what may pad a
+    marker tag's bracket (neutralize here, and the streamed answer's hold-back in treasure.serving.prompting)."""
     return ch.isspace() or unicodedata.category(ch) == "Cf"
 
 
 def _opens_tag(text: str, j: int, names: set[str]) -> bool:
     n = len(text)
     # Invisible characters count as padding here too ("<\u200b/domain>"), not only inside the name.
-    while j < n and _blank(text[j]):
+    while j < n and tag_padding(text[j]):
         j += 1
     if j < n and unicodedata.normalize("NFKC", text[j]) == "/":
         j += 1
-    while j < n and _blank(text[j]):
+    while j < n and tag_padding(text[j]):
         j += 1
     k = j
     # Collect a candidate name; characters that NFKC-fold into identifier characters count too

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treasure.taxonomy import Taxonomy
-from treasure.template import neutralize, render_request, split_output, strip_blocks
+from treasure.template import neutralize, render_request, split_output, strip_blocks, tag_padding
 
 
 class MarkerError(ValueError):
@@ -122,10 +122,6 @@ def _is_lt(ch: str) -> bool:
     return unicodedata.normalize("NFKC", ch) == "<"
 
 
-def _blank(ch: str) -> bool:
-    return ch.isspace() or unicodedata.category(ch) == "Cf"
-
-
 def _name_char(ch: str) -> bool:
     if unicodedata.category(ch) == "Cf":
         return True
@@ -146,11 +142,11 @@ def _pending_tag_start(text: str) -> int:
             continue
         j = i + 1
         # Padding is whitespace or invisible format characters, as neutralize's scan reads it.
-        while j < n and _blank(text[j]):
+        while j < n and tag_padding(text[j]):
             j += 1
         if j < n and unicodedata.normalize("NFKC", text[j]) == "/":
             j += 1
-        while j < n and _blank(text[j]):
+        while j < n and tag_padding(text[j]):
             j += 1
         while j < n and _name_char(text[j]):
             j += 1

@@ -51,7 +51,8 @@ def main() -> None:
     ap.add_argument("--config", default="pipelines/configs/demo.yaml")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--teachers", default="metadata,file,metadata+file")
-    ap.add_argument("--heads", default="linear", help="linear, mlpN (one hidden layer of N), each optionally +none (no class weights) or +l2=X")
+    ap.add_argument("--heads", default="linear", help="linear, mlpN (one hidden layer of N), each optionally +none (no class "
+                    "weights), +l2=X, +file=W (a hand label weighs W metadata labels; also metadata=W, llm=W)")
     ap.add_argument("--min-confidence", type=float, default=None, help="default: the config's tagger.min_confidence")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--cache", default=None, help="an .npz of the embeddings: written on the first run, read on later ones "
@@ -105,8 +106,11 @@ def main() -> None:
 
 
 def head_settings(spec: str, d) -> dict:
-    """'mlp256+none+l2=0.001' → {hidden: 256, balanced: False, l2: 0.001} (defaults from the config)."""
+    """'mlp256+none+l2=0.001+file=5' → {hidden: 256, balanced: False, l2: 0.001, source_weights: {file: 5}}
+    (defaults from the config)."""
     out = {"hidden": d.hidden, "l2": d.l2, "balanced": d.class_weight == "balanced"}
+    if d.teacher.source_weights:
+        out["source_weights"] = dict(d.teacher.source_weights)
     for part in spec.split("+"):
         if part == "linear":
             out["hidden"] = 0
@@ -116,8 +120,11 @@ def head_settings(spec: str, d) -> dict:
             out["balanced"] = False
         elif part.startswith("l2="):
             out["l2"] = float(part[3:])
+        elif "=" in part and part.split("=")[0] in ("file", "metadata", "llm"):
+            source, weight = part.split("=")
+            out["source_weights"] = {**out.get("source_weights", {}), source: float(weight)}
         else:
-            raise ValueError(f"head setting {part!r}: use linear, mlpN, none, l2=X")
+            raise ValueError(f"head setting {part!r}: use linear, mlpN, none, l2=X, file=W / metadata=W / llm=W")
     return out
 
 

@@ -16,9 +16,11 @@ neither inherits the other's warm caches:
   raw_vllm_inproc  the same with VLLM_ENABLE_V1_MULTIPROCESSING=0 (engine core in this process: no
                 process spawned; the processor's engine actors set it too, where it keeps the engine
                 core apart but runs the model inside it, treasure.models.engine.cpu_vllm_env)
-Both: bf16 where the CPU has it, eager mode, prefix caching on, max_num_seqs 64. Each arm is timed
-from its first use of vLLM to the last answer: raw_vllm from `import vllm` (its process has not
-imported it before), ray_data_llm from building the processor on a running Ray cluster (its engine
+Both: bf16 where the CPU has it, eager mode, prefix caching on, max_num_seqs 64, no engine stats
+logging (vLLM's offline default; the processor turns it off too). The requests are built once and
+handed to every arm as a file, so no arm has torch or transformers imported before its clock starts.
+Each arm is timed from its first use of vLLM to the last answer: raw_vllm from `import vllm` (which
+imports torch; its process has not imported either before), ray_data_llm from building the processor on a running Ray cluster (its engine
 actor imports vLLM on the clock). Both pay one engine start, ~30-50 s here, so use enough rows that
 it does not dominate; raw_vllm also reports `generate` alone. Prints JSON and the median
 ratio ray_data_llm / raw_vllm in requests/s.
@@ -32,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,14 +108,14 @@ def arm_ray_data_llm(requests: list[dict], categories: list[str]) -> dict:
 
 
 def arm_raw_vllm(requests: list[dict], categories: list[str]) -> dict:
-    from treasure.models.causal_lm import model_folder
-    from treasure.models.engine import auto_dtype
-
-    # The clock starts before vLLM is imported: the other arm's engine actor imports it on the clock too.
-    assert "vllm" not in sys.modules, "the raw arm must import vLLM on its clock"
+    # The clock starts before vLLM and torch are imported: the other arm's engine actor imports them on its clock too.
+    assert not {"vllm", "torch"} & set(sys.modules), "the raw arm must import vLLM and torch on its clock"
     t0 = time.perf_counter()
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
+
+    from treasure.models.causal_lm import model_folder
+    from treasure.models.engine import auto_dtype
 
     imported = time.perf_counter()
     llm = LLM(model=model_folder(annotate_config(categories).tagger.model), dtype=auto_dtype("vllm"), enforce_eager=True,
@@ -129,10 +132,12 @@ def arm_raw_vllm(requests: list[dict], categories: list[str]) -> dict:
             "generate_only_s": round(t1 - started, 1), "import_s": round(imported - t0, 1)}
 
 
-def child(arm: str, rows: int, categories: list[str]) -> None:
+def child(arm: str, requests_file: str, categories: list[str]) -> None:
     if arm == "raw_vllm_inproc":  # vLLM's offline engine with its engine core in this process (no spawn)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    requests = build_requests(rows, categories)
+    # Read, not built here: building them imports torch and transformers, which the raw arm would then
+    # have warm before its clock starts while the processor's engine actor imports them on its clock.
+    requests = json.loads(Path(requests_file).read_text())
     result = (arm_ray_data_llm if arm == "ray_data_llm" else arm_raw_vllm)(requests, categories)
     print("RESULT " + json.dumps({"arm": arm, "requests": len(requests), **result}), flush=True)
 
@@ -144,21 +149,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--arms", default="ray_data_llm,raw_vllm", help="of ray_data_llm, raw_vllm, raw_vllm_inproc")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
+    ap.add_argument("--requests-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cats = args.categories.split(",")
     if args.arm:
-        child(args.arm, args.rows, cats)
+        child(args.arm, args.requests_file, cats)
         return
     arms, results = args.arms.split(","), []
+    # The requests are built once, in this process, and read by every arm from a file.
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(build_requests(args.rows, cats), f)
     for rep in range(args.repeats):
         for arm in (arms if rep % 2 == 0 else arms[::-1]):
-            out = subprocess.run([sys.executable, __file__, "--arm", arm, "--rows", str(args.rows), "--categories",
+            out = subprocess.run([sys.executable, __file__, "--arm", arm, "--requests-file", f.name, "--categories",
                                   args.categories], capture_output=True, text=True, timeout=1800)
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 raise RuntimeError(f"{arm} failed:\n{out.stderr[-3000:]}")
             results.append({"repeat": rep, **json.loads(line[len("RESULT "):])})
             print(json.dumps(results[-1]), flush=True)
+    os.unlink(f.name)
     report = {"rows": args.rows, "categories": cats, "results": results}
     for raw in ("raw_vllm", "raw_vllm_inproc"):
         ratios = [a["requests_per_s"] / b["requests_per_s"]

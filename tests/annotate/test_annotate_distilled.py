@@ -99,6 +99,24 @@ def test_a_category_with_one_teacher_class_gets_no_head_and_says_so():
     assert cand.value is None and cand.provenance["by"] == "distilled" and "no student head" in cand.provenance["note"]
 
 
+def test_source_weights_let_a_few_hand_labels_outweigh_many_metadata_labels():
+    # Three one-hot prompts groups: A (metadata: Math), B (metadata: Code), and C, which metadata calls Math
+    # on 10 rows and the hand-labelled file calls Code on 3. The head answers C by the weighted majority there.
+    X = np.repeat(np.eye(3, dtype=np.float32), [10, 10, 13], axis=0)
+    labels = ["Math"] * 10 + ["Code"] * 10 + ["Math"] * 10 + ["Code"] * 3
+    by = ["metadata"] * 30 + ["file"] * 3
+    ex = [Example(f"p{i}", {"domain": v}, {"domain": b}) for i, (v, b) in enumerate(zip(labels, by))]
+    answer_at_c = {}
+    for weights in (None, {"file": 1.0}, {"file": 10.0}):
+        head = fit_student(X, ex, ["domain"], holdout=0.0, source_weights=weights).heads["domain"]
+        answer_at_c[str(weights)] = head.labels[head.predict(X[-1:])[0][0]]
+        assert head.labels[head.predict(X[:1])[0][0]] == "Math" and head.labels[head.predict(X[10:11])[0][0]] == "Code"
+    assert answer_at_c == {"None": "Math", "{'file': 1.0}": "Math", "{'file': 10.0}": "Code"}
+    with pytest.raises(ValueError, match="positive and finite"):
+        AnnotateConfig.model_validate({**base_config("in", "out"), "tagger": {"engine": "distilled", "distilled": {
+            "teacher": {"source_weights": {"file": 0}}}}})
+
+
 def test_temperature_softens_an_overconfident_head():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 400)

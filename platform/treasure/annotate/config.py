@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -73,6 +74,17 @@ class TeacherConfig(StrictModel):
     llm: LLMTeacherConfig | None = Field(None, description="The LLM teacher (with 'llm' in sources).")
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="Share of the teacher labels held out: the student's "
                            "agreement with the teacher and its temperature (calibration) are measured there.")
+    source_weights: dict[Literal["metadata", "file", "llm"], float] = Field(
+        default_factory=dict, description="How much one example each source labelled counts in the heads' loss (default "
+        "1 each), e.g. {file: 5}: a few hand labels read prompt by prompt against many source-wide metadata labels.")
+
+    @field_validator("source_weights")
+    @classmethod
+    def _positive_weights(cls, v: dict) -> dict:
+        bad = {k: w for k, w in v.items() if not (w > 0 and math.isfinite(w))}
+        if bad:
+            raise ValueError(f"tagger.distilled.teacher.source_weights: weights must be positive and finite, got {bad}")
+        return v
 
     @model_validator(mode="after")
     def _file_given(self) -> "TeacherConfig":

@@ -158,8 +158,13 @@ class Head:
 
 
 def train_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, hidden: int = 0, l2: float = 1e-4,
-               balanced: bool = True, seed: int = 0, max_iter: int = 200) -> dict[str, np.ndarray]:
-    """Fit the head's weights by full-batch L-BFGS on the mean (class-weighted) cross-entropy + l2 * ||W||²."""
+               balanced: bool = True, seed: int = 0, max_iter: int = 200,
+               sample_weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Fit the head's weights by full-batch L-BFGS on the weighted mean cross-entropy + l2 * ||W||².
+
+    A row weighs its class weight (balanced: every class's rows weigh the same in all) times its
+    `sample_weight` (default 1), and the mean is over those weights, as torch's weighted cross-entropy is.
+    """
     import torch
 
     torch.manual_seed(seed)
@@ -167,15 +172,18 @@ def train_head(X: np.ndarray, y: np.ndarray, n_classes: int, *, hidden: int = 0,
     dims = [X.shape[1]] + ([hidden] if hidden else []) + [n_classes]
     layers = [torch.nn.Linear(a, b) for a, b in zip(dims, dims[1:])]
     net = torch.nn.Sequential(*[m for lin in layers for m in (lin, torch.nn.ReLU())][:-1])
-    counts = torch.bincount(yt, minlength=n_classes).float()
-    weight = (counts.sum() / (n_classes * counts.clamp(min=1))) if balanced else None
+    sw = torch.ones(len(yt)) if sample_weight is None else torch.from_numpy(np.asarray(sample_weight, dtype=np.float32))
+    counts = torch.bincount(yt, weights=sw, minlength=n_classes).float()
+    class_weight = (counts.sum() / (n_classes * counts.clamp(min=1e-12))) if balanced else torch.ones(n_classes)
+    row_weight = class_weight[yt] * sw
+    row_weight = row_weight / row_weight.sum()
     # Stops when the gradient is small (1e-5), not when separable data lets the weights grow for ever.
     opt = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-5, tolerance_change=1e-7)
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(xt), yt, weight=weight)
+        loss = (torch.nn.functional.cross_entropy(net(xt), yt, reduction="none") * row_weight).sum()
         loss = loss + l2 * sum((lin.weight ** 2).sum() for lin in layers)
         loss.backward()
         return loss
@@ -201,13 +209,15 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_head(X: np.ndarray, values: list[str], category: str, mask_out: np.ndarray, *, hidden: int = 0,
-             l2: float = 1e-4, balanced: bool = True, seed: int = 0) -> Head:
-    """Train on the rows not in `mask_out`; calibrate and measure agreement on the rows in it."""
+             l2: float = 1e-4, balanced: bool = True, seed: int = 0, sample_weight: np.ndarray | None = None) -> Head:
+    """Train on the rows not in `mask_out` (each weighing its `sample_weight`); calibrate and measure agreement on
+    the rows in it."""
     labels = sorted(set(values))
     index = {v: i for i, v in enumerate(labels)}
     y = np.array([index[v] for v in values])
     train = ~mask_out if (~mask_out).sum() and len(set(y[~mask_out])) > 1 else np.ones(len(y), dtype=bool)
-    params = train_head(X[train], y[train], len(labels), hidden=hidden, l2=l2, balanced=balanced, seed=seed)
+    params = train_head(X[train], y[train], len(labels), hidden=hidden, l2=l2, balanced=balanced, seed=seed,
+                        sample_weight=None if sample_weight is None else sample_weight[train])
     head = Head(category, labels, params)
     held = mask_out & ~train
     stats = {"teacher_rows": int(len(y)), "train_rows": int(train.sum()), "heldout_rows": int(held.sum()),
@@ -251,8 +261,14 @@ class Student:
 
 
 def fit_student(X: np.ndarray, examples: list[Example], categories: list[str], *, holdout: float = 0.2, hidden: int = 0,
-                l2: float = 1e-4, balanced: bool = True, seed: int = 0, encoder: dict | None = None) -> Student:
-    """One head per category with at least two teacher classes; X[i] embeds examples[i].text."""
+                l2: float = 1e-4, balanced: bool = True, seed: int = 0, encoder: dict | None = None,
+                source_weights: dict[str, float] | None = None) -> Student:
+    """One head per category with at least two teacher classes; X[i] embeds examples[i].text.
+
+    `source_weights` ({teacher source: weight}, default 1 each): how much one example labelled by that
+    source counts in the head's loss; e.g. a few hand labels read prompt by prompt against many
+    source-wide metadata labels.
+    """
     keys = [text_key(e.text) for e in examples]
     out_all = holdout_mask(keys, holdout, seed)
     heads, skipped = {}, {}
@@ -262,7 +278,11 @@ def fit_student(X: np.ndarray, examples: list[Example], categories: list[str], *
         if len(set(values)) < 2:
             skipped[cat] = f"teacher gives {len(set(values))} class(es) on {len(idx)} rows: no head"
             continue
-        heads[cat] = fit_head(X[idx], values, cat, out_all[idx], hidden=hidden, l2=l2, balanced=balanced, seed=seed)
+        weights = None
+        if source_weights:
+            weights = np.array([source_weights.get(examples[i].by[cat], 1.0) for i in idx], dtype=np.float32)
+        heads[cat] = fit_head(X[idx], values, cat, out_all[idx], hidden=hidden, l2=l2, balanced=balanced, seed=seed,
+                              sample_weight=weights)
         heads[cat].stats["by_source"] = dict(sorted(_count(examples[i].by[cat] for i in idx).items()))
     return Student(encoder or {}, heads, {"skipped": skipped} if skipped else {})
 

@@ -88,7 +88,11 @@ def answers_by_row(cfg: AnnotateConfig, requests) -> dict[str, dict[str, tuple[s
         vLLMEngineProcessorConfig(
             model_source=model_folder(t.model),
             engine_kwargs={"dtype": auto_dtype("vllm", "cuda" if p.num_gpus else "cpu"), "enforce_eager": not p.num_gpus,
-                           "enable_prefix_caching": True, "max_num_seqs": t.batch_size, "max_model_len": 4096},
+                           "enable_prefix_caching": True, "max_num_seqs": t.batch_size, "max_model_len": 4096,
+                           # No per-step engine stats, as vLLM's offline engine (what the tagger benchmark compares
+                           # with); the stage records its own per-row outcomes and counts.
+                           "disable_log_stats": True},
+            log_engine_metrics=False,
             batch_size=t.batch_size, concurrency=p.count, placement_group_config={"bundles": [bundle]},
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, should_continue_on_error=True,
             runtime_env=cpu_engine_env(gpu=p.num_gpus > 0),

@@ -145,7 +145,8 @@ def train_student(examples: list, eval_examples: list | None, config: dict, line
     t0 = time.monotonic()
     enc = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size)
     X = enc.encode([student_text({"prompt": e.text}, t.max_prompt_chars) for e in examples])
-    fit = {"hidden": d.hidden, "l2": d.l2, "balanced": d.class_weight == "balanced"}
+    fit = {"hidden": d.hidden, "l2": d.l2, "balanced": d.class_weight == "balanced",
+           "source_weights": dict(d.teacher.source_weights)}
     student = fit_student(X, examples, t.categories, holdout=d.teacher.holdout, seed=cfg.seed,
                           encoder={"model": d.encoder, "max_tokens": d.max_tokens, "dtype": enc.dtype, "dim": enc.dim}, **fit)
     evaluation = None
@@ -155,6 +156,7 @@ def train_student(examples: list, eval_examples: list | None, config: dict, line
                       "categories": cross_validate(X, examples, X_eval, eval_examples, t.categories, folds=d.eval_folds,
                                                    min_confidence=t.min_confidence, seed=cfg.seed, **fit)}
     student.info.update({"lineage": lineage, "teacher": {"sources": d.teacher.sources, "file": d.teacher.file,
+                                                          "source_weights": dict(d.teacher.source_weights),
                                                           "examples": len(examples)},
                          "evaluation": evaluation, "train_seconds": round(time.monotonic() - t0, 1),
                          "config": d.model_dump(mode="json")})

@@ -37,6 +37,34 @@ def vllm_missing_message() -> str:
             "`pip install vllm` with a GPU; or set engine: transformers")
 
 
+def split_delta(tokenizer, before: list[int], new: list[int], text: str, window: int = 8) -> list[str] | None:
+    """The text of each of `new`'s tokens, given the request's earlier tokens `before` and vLLM's text of them
+    all; None where the pieces would not add up to `text` exactly (a stop string cut it, say): the caller then
+    keeps the step whole.
+
+    Each piece is what decoding one more token adds to the last `window` tokens' text; a token that ends
+    inside a multi-byte character adds '' and the one that completes it adds the whole character.
+
+    >>> from treasure.models.packaged import load_smollm2_tokenizer
+    >>> tok = load_smollm2_tokenizer()
+    >>> ids = tok.encode("Hello there, 世界!")
+    >>> split_delta(tok, ids[:1], ids[1:], tok.decode(ids[1:]))
+    [' there', ',', ' ', '', '世', '', '', '界', '!']
+    """
+    def decode(ids: list[int]) -> str:  # an incomplete last character is not text yet (vLLM holds it back too)
+        return tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
+
+    context = before[-window:]
+    done, pieces = decode(context), []
+    for j in range(1, len(new) + 1):
+        now = decode(context + new[:j])
+        if not now.startswith(done):
+            return None
+        pieces.append(now[len(done):])
+        done = now
+    return pieces if "".join(pieces) == text else None
+
+
 class AsyncVLLMEngine:
     """One vLLM AsyncLLM in this process (a Serve replica): `steps()` per request."""
 
@@ -80,6 +108,7 @@ class AsyncVLLMEngine:
             raise ValueError(f"prompt is {len(prompt_ids)} tokens; the model's context is {self.context}")
         sp = self.sampling(params, logprobs)
         rid = request_id or uuid.uuid4().hex
+        generated: list[int] = []
         # vLLM's generate aborts the request itself when this generator is closed or cancelled.
         async for out in self.engine.generate({"prompt_token_ids": list(prompt_ids)}, sp, rid):
             c = out.outputs[0]
@@ -92,7 +121,17 @@ class AsyncVLLMEngine:
             reason = None
             if out.finished:
                 reason = "length" if c.finish_reason == "length" else "stop"
-            yield Step(c.text, len(c.token_ids), reason, lps)
+            new = list(c.token_ids)
+            # vLLM merges the deltas a slow reader has not taken yet into one output. Handing them on token by
+            # token lets the answer's `max_tokens` cut at the exact token, as on the transformers engine.
+            pieces = split_delta(self.tokenizer, generated, new, c.text) if len(new) > 1 else None
+            generated += new
+            if pieces is None:
+                yield Step(c.text, len(new), reason, lps)
+                continue
+            for j, piece in enumerate(pieces):
+                last = j == len(pieces) - 1
+                yield Step(piece, 1, reason if last else None, lps[j:j + 1] if lps else None)
 
     def _text(self, token_id: int, lp) -> str:
         return lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([token_id])

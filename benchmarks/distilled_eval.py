@@ -2,10 +2,11 @@
 
 Run:  .venv/bin/python benchmarks/distilled_eval.py [--config pipelines/configs/demo.yaml] [--folds 5]
                                                     [--teachers metadata,file,metadata+file] [--heads linear,mlp256]
+                                                    [--seeds 0,1,2,3,4,5]
                                                     [annotate overrides, e.g. tagger.distilled.max_tokens=128]
 Needs the committed normalized corpus of the config (`annotate.input`; `pipelines/normalize.py` writes it).
 Teachers: `metadata` = the labels the config's `metadata:` mapping gives corpus rows; `file` = the
-hand-labelled set itself (data/tagger_eval/tagger_eval.jsonl). Every setting is scored on all 300
+hand-labelled set itself (data/tagger_eval/tagger_eval.jsonl). Every setting is scored on all 400
 hand-labelled prompts out of fold: fold f's prompts are scored by a student trained without them
 (also without corpus rows with the same prompt), so no scored prompt was trained on. The encoder
 runs once (embeddings reused by every setting). Prints one line per setting and category:
@@ -17,6 +18,7 @@ import argparse
 import glob
 import json
 import os
+import statistics
 import time
 
 import numpy as np
@@ -55,6 +57,8 @@ def main() -> None:
                     "weights), +l2=X, +file=W (a hand label weighs W metadata labels; also metadata=W, llm=W)")
     ap.add_argument("--min-confidence", type=float, default=None, help="default: the config's tagger.min_confidence")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (fold split and head initialisation), e.g. 0,1,2,3,4,5: "
+                    "one line per seed, then the spread (default: the config's seed only)")
     ap.add_argument("--cache", default=None, help="an .npz of the embeddings: written on the first run, read on later ones "
                     "(only for reruns with the same encoder, max_tokens, max_prompt_chars, corpus)")
     ap.add_argument("overrides", nargs="*", help="annotate config overrides, e.g. tagger.distilled.max_tokens=128")
@@ -67,7 +71,7 @@ def main() -> None:
     meta = merge_examples(metadata_examples(corpus_rows(cfg.input), cfg.metadata, CATEGORIES))
     print(f"hand-labelled prompts {len(hand)}; corpus prompts with a metadata label {len(meta)}", flush=True)
 
-    enc = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size)
+    enc = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size, d.layers)
     if args.cache and os.path.exists(args.cache):  # embeddings of an earlier run with the same settings
         cached = np.load(args.cache)
         X_meta, X_hand = cached["meta"], cached["hand"]
@@ -90,18 +94,30 @@ def main() -> None:
         X = np.stack([row_of[text_key(e.text)] for e in examples])
         for head in args.heads.split(","):
             fit = head_settings(head, d)
-            res = cross_validate(X, examples, X_hand, hand, CATEGORIES, folds=args.folds, min_confidence=thr, seed=cfg.seed, **fit)
-            for cat, r in res.items():
-                a, t = r["argmax"], r["at_threshold"]
-                target = a["majority_accuracy"] + TARGET_POINTS[cat] if cat in TARGET_POINTS else 0.60
-                print(f"{teacher:14s} {head:12s} {cat:7s} n={a['n']:3d} acc {a['accuracy']:.3f} "
-                      f"[{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] majority {a['majority']} {a['majority_accuracy']:.3f} "
-                      f"target {target:.3f} {'MET' if a['accuracy'] >= target else 'missed'} | at conf>={thr}: "
-                      f"acc {t['accuracy']:.3f}, unspecified {t['unspecified_share']:.3f}", flush=True)
-            results.append({"teacher": teacher, "head": head, "results": res})
+            seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [cfg.seed]
+            by_seed = {}
+            for seed in seeds:
+                res = by_seed[seed] = cross_validate(X, examples, X_hand, hand, CATEGORIES, folds=args.folds,
+                                                     min_confidence=thr, seed=seed, **fit)
+                for cat, r in res.items():
+                    a, t = r["argmax"], r["at_threshold"]
+                    target = a["majority_accuracy"] + TARGET_POINTS[cat] if cat in TARGET_POINTS else 0.60
+                    print(f"{teacher:14s} {head:12s} {cat:7s} seed {seed} n={a['n']:3d} acc {a['accuracy']:.3f} "
+                          f"[{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] majority {a['majority']} {a['majority_accuracy']:.3f} "
+                          f"target {target:.3f} {'MET' if a['accuracy'] >= target else 'missed'} | at conf>={thr}: "
+                          f"acc {t['accuracy']:.3f}, unspecified {t['unspecified_share']:.3f}", flush=True)
+            spread = {}
+            if len(seeds) > 1:
+                for cat in by_seed[seeds[0]]:
+                    accs = [by_seed[s_][cat]["argmax"]["accuracy"] for s_ in seeds]
+                    spread[cat] = {"median": statistics.median(accs), "min": min(accs), "max": max(accs), "by_seed": accs}
+                    print(f"{teacher:14s} {head:12s} {cat:7s} over seeds {args.seeds}: median {spread[cat]['median']:.3f}, "
+                          f"range {min(accs):.3f}-{max(accs):.3f}", flush=True)
+            results.append({"teacher": teacher, "head": head, "results": by_seed[seeds[0]], "seeds": seeds,
+                            "by_seed": {str(k): v for k, v in by_seed.items()}, "spread": spread})
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"config": args.config, "encoder": d.encoder, "max_tokens": d.max_tokens, "dtype": enc.dtype,
+            json.dump({"config": args.config, "encoder": d.encoder, "max_tokens": d.max_tokens, "layers": enc.layers, "dtype": enc.dtype,
                        "folds": args.folds, "min_confidence": thr, "settings": results}, f, indent=1)
 
 

@@ -16,7 +16,10 @@ neither inherits the other's warm caches:
   raw_vllm_inproc  the same with VLLM_ENABLE_V1_MULTIPROCESSING=0 (engine core in this process: no
                 process spawned; the processor's engine actors set it too, where it keeps the engine
                 core apart but runs the model inside it, treasure.models.engine.cpu_vllm_env)
-Both: bf16 where the CPU has it, eager mode, prefix caching on, max_num_seqs 64, no engine stats
+Both: bf16 where the CPU has it, eager mode, prefix caching on, max_num_seqs 64, vLLM's offline per-step
+token budget (raw: the `LLM` class's own default, 4096 on CPU; the processor: the tagger's
+`max_num_batched_tokens`, by default the same offline budget, which `ray.data.llm` alone would leave at
+2048: `--batched-tokens 2048` measures that), no engine stats
 logging (vLLM's offline default; the processor turns it off too). The requests are built once and
 handed to every arm as a file, so no arm has torch or transformers imported before its clock starts.
 Each arm is timed from its first use of vLLM to the last answer: raw_vllm from `import vllm` (which
@@ -49,13 +52,14 @@ os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 DATA = REPO / "data" / "self-instruct" / "user_oriented_instructions.jsonl"
 
 
-def annotate_config(categories: list[str]):
+def annotate_config(categories: list[str], batched_tokens: int | None = None):
     from treasure.annotate.config import AnnotateConfig
 
     return AnnotateConfig.model_validate({
         "input": "unused", "output": "unused", "taxonomy": "paper",
         "tagger": {"engine": "vllm", "mode": "score", "calibration": "none", "score_norm": "sum",
-                   "categories": categories, "batch_size": 64, "pool": {"count": 1, "num_cpus": 2.0}}})
+                   "categories": categories, "batch_size": 64, "pool": {"count": 1, "num_cpus": 2.0},
+                   "max_num_batched_tokens": batched_tokens}})
 
 
 def bundled_prompts(n: int) -> list[tuple[str, str, str]]:
@@ -91,12 +95,12 @@ def build_requests(n: int, categories: list[str]) -> list[dict]:
     return [r for row in rows for r in tag_requests(row, config_json=cfg.model_dump_json(), folder=folder)]
 
 
-def arm_ray_data_llm(requests: list[dict], categories: list[str]) -> dict:
+def arm_ray_data_llm(requests: list[dict], categories: list[str], batched_tokens: int | None = None) -> dict:
     import ray
 
     from treasure.annotate.llm_processor import answers_by_row
 
-    cfg = annotate_config(categories)
+    cfg = annotate_config(categories, batched_tokens)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
     # Engine-batch-sized blocks, as the stage's shard-sized ones are at least (from_items would make ~200).
@@ -132,13 +136,13 @@ def arm_raw_vllm(requests: list[dict], categories: list[str]) -> dict:
             "generate_only_s": round(t1 - started, 1), "import_s": round(imported - t0, 1)}
 
 
-def child(arm: str, requests_file: str, categories: list[str]) -> None:
+def child(arm: str, requests_file: str, categories: list[str], batched_tokens: int | None = None) -> None:
     if arm == "raw_vllm_inproc":  # vLLM's offline engine with its engine core in this process (no spawn)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     # Read, not built here: building them imports torch and transformers, which the raw arm would then
     # have warm before its clock starts while the processor's engine actor imports them on its clock.
     requests = json.loads(Path(requests_file).read_text())
-    result = (arm_ray_data_llm if arm == "ray_data_llm" else arm_raw_vllm)(requests, categories)
+    result = arm_ray_data_llm(requests, categories, batched_tokens) if arm == "ray_data_llm" else arm_raw_vllm(requests, categories)
     print("RESULT " + json.dumps({"arm": arm, "requests": len(requests), **result}), flush=True)
 
 
@@ -148,12 +152,14 @@ def main() -> None:
     ap.add_argument("--categories", default="domain,task")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--arms", default="ray_data_llm,raw_vllm", help="of ray_data_llm, raw_vllm, raw_vllm_inproc")
+    ap.add_argument("--batched-tokens", type=int, default=None, help="ray_data_llm: the engine's max_num_batched_tokens "
+                    "(default: the tagger's, vLLM's offline budget; 2048 is what ray.data.llm gives vLLM by itself)")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--requests-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cats = args.categories.split(",")
     if args.arm:
-        child(args.arm, args.requests_file, cats)
+        child(args.arm, args.requests_file, cats, args.batched_tokens)
         return
     arms, results = args.arms.split(","), []
     # The requests are built once, in this process, and read by every arm from a file.
@@ -162,7 +168,8 @@ def main() -> None:
     for rep in range(args.repeats):
         for arm in (arms if rep % 2 == 0 else arms[::-1]):
             out = subprocess.run([sys.executable, __file__, "--arm", arm, "--requests-file", f.name, "--categories",
-                                  args.categories], capture_output=True, text=True, timeout=1800)
+                                  args.categories, *(["--batched-tokens", str(args.batched_tokens)] if args.batched_tokens else [])],
+                                 capture_output=True, text=True, timeout=1800)
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 raise RuntimeError(f"{arm} failed:\n{out.stderr[-3000:]}")

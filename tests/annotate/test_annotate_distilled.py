@@ -63,6 +63,38 @@ def test_encoder_gives_unit_vectors_that_tell_topics_apart(encoder):
     assert encoder.encode([]).shape == (0, 384)
 
 
+def test_all_layers_pools_every_hidden_state_and_ends_with_the_sentence_embedding(encoder):
+    from treasure.models.sentence_encoder import SentenceEncoder
+
+    texts = ["Summarize this article in two sentences.", "Write a haiku about the sea."]
+    deep = SentenceEncoder("packaged:minilm", max_tokens=64, layers="all")
+    X = deep.encode(texts)
+    assert deep.layers == list(range(7)) and X.shape == (2, 384 * 7)
+    blocks = X.reshape(2, 7, 384)
+    assert np.allclose(np.linalg.norm(blocks, axis=2), 1.0, atol=1e-3)  # each layer's mean is a unit vector
+    assert np.allclose(blocks[:, -1], encoder.encode(texts), atol=1e-5)  # the last block is the sentence embedding
+    assert not np.allclose(blocks[:, 0], blocks[:, -1], atol=0.05)  # the input embeddings are another view
+    assert deep.describe()["layers"] == list(range(7)) and deep.describe()["dim"] == 384 * 7
+    low = SentenceEncoder("packaged:minilm", max_tokens=64, layers=[0, 1, 2, 3])
+    assert len(low.net.encoder.layer) == 3  # the layers above the highest one read are not run
+    assert np.allclose(low.encode(texts), X[:, :384 * 4], atol=1e-5)  # and the ones read are unchanged
+
+
+def test_a_student_is_only_applied_to_the_features_it_was_trained_on(encoder):
+    from treasure.annotate.student import check_student_encoder
+    from treasure.models.sentence_encoder import SentenceEncoder
+
+    train, _ = toy_examples()
+    student = fit_student(encoder.encode([e.text for e in train]), train, ["domain"], holdout=0.25, encoder=encoder.describe())
+    check_student_encoder(student, encoder)  # the same features: accepted
+    with pytest.raises(ValueError, match=r"layers: student \[6\], tagger \[0, 1, 2, 3, 4, 5, 6\].*retrain"):
+        check_student_encoder(student, SentenceEncoder("packaged:minilm", max_tokens=64, layers="all"))
+    with pytest.raises(ValueError, match=r"max_tokens: student 64, tagger 32"):
+        check_student_encoder(student, SentenceEncoder("packaged:minilm", max_tokens=32))
+    with pytest.raises(ValueError, match=r"layers \[9\]: this encoder has hidden states 0..6"):
+        SentenceEncoder("packaged:minilm", layers=[9])
+
+
 def test_student_trains_saves_loads_and_beats_chance_on_unseen_prompts(encoder):
     train, test = toy_examples()
     X = encoder.encode([e.text for e in train])

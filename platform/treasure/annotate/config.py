@@ -106,6 +106,10 @@ class DistilledConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Encoder weights; auto = bfloat16 on CPUs with "
                                                           "native bf16 (AMX / avx512_bf16), else float32.")
     encode_batch_size: int = Field(32, ge=1, le=4096, description="Texts per encoder forward (sorted by length).")
+    layers: Literal["last", "all"] | list[int] = Field(
+        "last", description="Encoder hidden states the heads read, each mean-pooled and L2-normalized, concatenated: last "
+        "(the sentence embedding), all (input embeddings and every layer; measured +5 points on task, docs/annotation.md), "
+        "or indices (0 = input embeddings, -1 = last).")
     hidden: int = Field(0, ge=0, le=4096, description="Head: 0 = linear (multinomial logistic regression); >0 = one hidden ReLU layer.")
     l2: float = Field(1e-4, ge=0.0, le=10.0, description="L2 penalty on the head's weights (added to the mean cross-entropy).")
     class_weight: Literal["balanced", "none"] = Field("balanced", description="balanced: each class weighs the same in "
@@ -141,6 +145,9 @@ class TaggerConfig(StrictModel):
     timeout_s: float = Field(120.0, gt=0, description="A row whose tagging takes longer than this is recorded as an error.")
     pool: Pool = Field(default_factory=Pool, description="The tagger's actors (count, CPUs, GPUs, custom resources each).")
     batch_size: int = Field(16, ge=1, le=4096, description="Rows per batch handed to a tagger actor (and vLLM's max_num_seqs).")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=256, le=1_048_576, description="engine vllm: tokens one engine step schedules; None: vLLM's offline "
+        "budget (4096 on CPU, 8192 on GPU; treasure.models.processor.batch_engine_kwargs).")
     distilled: DistilledConfig = Field(default_factory=DistilledConfig, description="engine distilled: the student and its teacher.")
 
     @model_validator(mode="after")

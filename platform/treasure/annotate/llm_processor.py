@@ -80,7 +80,7 @@ def answers_by_row(cfg: AnnotateConfig, requests) -> dict[str, dict[str, tuple[s
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from treasure.models.engine import auto_dtype
-    from treasure.models.processor import cpu_engine_env, reshape_map_kwargs
+    from treasure.models.processor import batch_engine_kwargs, cpu_engine_env, reshape_map_kwargs
 
     t, p = cfg.tagger, cfg.tagger.pool
     bundle = p.bundle()
@@ -91,7 +91,7 @@ def answers_by_row(cfg: AnnotateConfig, requests) -> dict[str, dict[str, tuple[s
                            "enable_prefix_caching": True, "max_num_seqs": t.batch_size, "max_model_len": 4096,
                            # No per-step engine stats, as vLLM's offline engine (what the tagger benchmark compares
                            # with); the stage records its own per-row outcomes and counts.
-                           "disable_log_stats": True},
+                           "disable_log_stats": True, **batch_engine_kwargs(p.num_gpus > 0, t.max_num_batched_tokens)},
             log_engine_metrics=False,
             batch_size=t.batch_size, concurrency=p.count, placement_group_config={"bundles": [bundle]},
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, should_continue_on_error=True,

@@ -40,6 +40,19 @@ def student_dir(cfg: AnnotateConfig) -> str:
     return storage.join(cfg.output, STAGING, key_hash(cfg), "student")
 
 
+def check_student_encoder(student: Student, encoder) -> None:
+    """A student reads the features it was trained on: same encoder, truncation and pooled layers, else a clear error."""
+    got = encoder.describe()
+    # Students saved before `layers` existed pooled the last layer only.
+    want = {"layers": [encoder.n_layers], **student.encoder}
+    # dtype may differ (bf16 and float32 features are interchangeable); a key the student did not record is not checked.
+    diff = {k: (want[k], got[k]) for k in got if k != "dtype" and k in want and want[k] != got[k]}
+    if diff:
+        raise ValueError("the distilled student was trained on other encoder features than this tagger computes "
+                         f"({', '.join(f'{k}: student {a!r}, tagger {b!r}' for k, (a, b) in diff.items())}); "
+                         "retrain it with this config")
+
+
 def load_student(uri: str) -> Student:
     return Student.from_files({name: storage.read_bytes(storage.join(uri, name)) for name in ("student.json", "heads.npz")})
 
@@ -143,12 +156,12 @@ def train_student(examples: list, eval_examples: list | None, config: dict, line
     d, t = cfg.tagger.distilled, cfg.tagger
     torch.set_num_threads(max(1, int(t.pool.num_cpus)))
     t0 = time.monotonic()
-    enc = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size)
+    enc = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size, d.layers)
     X = enc.encode([student_text({"prompt": e.text}, t.max_prompt_chars) for e in examples])
     fit = {"hidden": d.hidden, "l2": d.l2, "balanced": d.class_weight == "balanced",
            "source_weights": dict(d.teacher.source_weights)}
     student = fit_student(X, examples, t.categories, holdout=d.teacher.holdout, seed=cfg.seed,
-                          encoder={"model": d.encoder, "max_tokens": d.max_tokens, "dtype": enc.dtype, "dim": enc.dim}, **fit)
+                          encoder=enc.describe(), **fit)
     evaluation = None
     if eval_examples:
         X_eval = enc.encode([student_text({"prompt": e.text}, t.max_prompt_chars) for e in eval_examples])
@@ -217,7 +230,8 @@ class DistilledTagger:
         t, d = self.cfg.tagger, self.cfg.tagger.distilled
         torch.set_num_threads(max(1, int(t.pool.num_cpus)))
         self.student = load_student(student_dir(self.cfg))
-        self.encoder = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size)
+        self.encoder = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size, d.layers)
+        check_student_encoder(self.student, self.encoder)
         taxonomy = cached_taxonomy(self.cfg.taxonomy)
         self.allowed = {c: tuple(taxonomy.category(c).allowed) for c in t.categories}
         self.version = f"{d.encoder}/{'linear' if not d.hidden else f'mlp{d.hidden}'}"

@@ -133,10 +133,10 @@ def _generate_vllm(rows: list[dict], engine: EngineConfig, marked: bool, params:
     from transformers import AutoTokenizer
 
     from treasure.models.engine import effective_temperature, prompt_token_ids
-    from treasure.models.processor import cpu_engine_env, reshape_map_kwargs
     from treasure.models.engine import engine_kwargs
+    from treasure.models.processor import batch_engine_kwargs, cpu_engine_env, reshape_map_kwargs
 
-    kwargs = engine_kwargs(engine)
+    kwargs = engine_kwargs(engine) | batch_engine_kwargs(pool.num_gpus > 0, engine.max_num_batched_tokens)
     folder = kwargs.pop("model")
     kwargs.pop("seed")  # sampling seeds are per request
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -47,6 +47,10 @@ class EngineConfig(StrictModel):
     batch_size: int = Field(16, ge=1, le=4096, description="Prompts per forward batch inside one generate call.")
     max_model_len: int | None = Field(None, ge=16, description="Context length (prompt + completion); None: the model's own.")
     num_threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads (None: torch's default).")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=256, le=1_048_576, description="vLLM: tokens one engine step schedules (prompt chunks and decodes "
+        "together). None: vLLM's own default, except in ray.data.llm batch jobs, which get vLLM's offline budget "
+        "(4096 on CPU, 8192 on GPU; treasure.models.processor.batch_engine_kwargs).")
     kv_cache_gib: int = Field(2, ge=1, le=1024, description="vLLM on CPU: GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE), when the environment does not set it.")
     compile: bool = Field(False, description="vLLM: compile the model (torch.compile / CUDA graphs). Faster decoding, a much slower start "
                           "(measured on 2 CPU cores: +80 s at load for ~15% more tokens/s); off runs eagerly.")
@@ -127,7 +131,8 @@ def engine_kwargs(config: EngineConfig) -> dict:
     # gpu_memory_utilization; the default (4 GiB per engine) is more than a small CI box can spare.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
     return dict(model=folder, dtype=config.dtype, max_model_len=config.max_model_len, seed=0,
-                enforce_eager=not config.compile, disable_log_stats=True, max_num_seqs=config.batch_size)
+                enforce_eager=not config.compile, disable_log_stats=True, max_num_seqs=config.batch_size,
+                **({"max_num_batched_tokens": config.max_num_batched_tokens} if config.max_num_batched_tokens else {}))
 
 
 class TransformersEngine:

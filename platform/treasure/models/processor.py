@@ -33,3 +33,24 @@ def cpu_engine_env(gpu: bool = False) -> dict:
     if not gpu:
         env |= cpu_vllm_env() | {"VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")}
     return {"env_vars": env}
+
+
+# vLLM's per-step token budget of its offline `LLM` class (vllm.engine.arg_utils.EngineArgs.get_batch_defaults,
+# UsageContext.LLM_CLASS): 4096 on CPU; on GPUs 8192, the value vLLM itself uses when the device is not known
+# where the arguments are built (16384 on H100/H200-class GPUs: set it).
+OFFLINE_BATCHED_TOKENS = {"cpu": 4096, "gpu": 8192}
+
+
+def batch_engine_kwargs(gpu: bool, max_num_batched_tokens: int | None = None) -> dict:
+    """Engine arguments of a `ray.data.llm` batch engine: vLLM's offline per-step token budget.
+
+    `max_num_batched_tokens` is how many tokens (prompt chunks and decodes together) one engine step
+    schedules. vLLM sets it by usage context: its offline `LLM` class gets 4096 on CPU, 8192-16384 on
+    GPUs. `ray.data.llm` builds its engine from `AsyncEngineArgs` without a usage context, and vLLM
+    then falls back to its generic 2048, a budget for latency-bound online serving. A batch job is
+    offline work, so it gets the offline budget unless the config sets one.
+
+    >>> batch_engine_kwargs(gpu=False), batch_engine_kwargs(gpu=True), batch_engine_kwargs(False, 16384)
+    ({'max_num_batched_tokens': 4096}, {'max_num_batched_tokens': 8192}, {'max_num_batched_tokens': 16384})
+    """
+    return {"max_num_batched_tokens": max_num_batched_tokens or OFFLINE_BATCHED_TOKENS["gpu" if gpu else "cpu"]}

@@ -33,8 +33,8 @@ from treasure.annotate.distilled import (
     student_text,
     text_key,
 )
+from treasure.annotate.student import student_encoder
 from treasure.config import load_config
-from treasure.models.sentence_encoder import SentenceEncoder
 
 CATEGORIES = ["domain", "task", "format"]
 HAND = "data/tagger_eval/tagger_eval.jsonl"
@@ -71,7 +71,7 @@ def main() -> None:
     meta = merge_examples(metadata_examples(corpus_rows(cfg.input), cfg.metadata, CATEGORIES))
     print(f"hand-labelled prompts {len(hand)}; corpus prompts with a metadata label {len(meta)}", flush=True)
 
-    enc = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size, d.layers)
+    enc = student_encoder(d)
     if args.cache and os.path.exists(args.cache):  # embeddings of an earlier run with the same settings
         cached = np.load(args.cache)
         X_meta, X_hand = cached["meta"], cached["hand"]

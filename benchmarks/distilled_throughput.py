@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from treasure import storage
 from treasure.annotate.config import AnnotateConfig
 from treasure.annotate.distilled import fit_student, merge_examples, metadata_examples, student_text
-from treasure.annotate.student import STUDENT_FILES, DistilledTagger, student_dir
+from treasure.annotate.student import STUDENT_FILES, DistilledTagger, student_dir, student_encoder
 from treasure.config import load_config
 
 
@@ -97,11 +97,10 @@ def main() -> None:
                         for p in sorted(glob.glob(f"{cfg.input}/data/*.parquet"))], ignore_index=True)
     # The student: trained on the metadata teacher (not timed; the benchmark is about applying it).
     torch.set_num_threads(1)
-    from treasure.models.sentence_encoder import SentenceEncoder
 
     d = cfg.tagger.distilled
     examples = merge_examples(metadata_examples(corpus.to_dict("records"), cfg.metadata, cfg.tagger.categories))[:600]
-    enc = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size, d.layers)
+    enc = student_encoder(d)
     X = enc.encode([student_text({"prompt": e.text}, cfg.tagger.max_prompt_chars) for e in examples])
     files = fit_student(X, examples, cfg.tagger.categories, encoder=enc.describe()).to_files()
     # No teacher_labels.jsonl: no row is settled by a teacher's own label, so the student answers every row.

@@ -16,7 +16,7 @@ import time
 
 from treasure import storage
 from treasure.annotate.annotators import candidates_from_json, candidates_to_json, tag_priority
-from treasure.annotate.config import AnnotateConfig
+from treasure.annotate.config import AnnotateConfig, DistilledConfig
 from treasure.annotate.distilled import (
     Student,
     cross_validate,
@@ -38,6 +38,14 @@ STUDENT_FILES = ("student.json", "heads.npz", "teacher_labels.jsonl")  # student
 def student_dir(cfg: AnnotateConfig) -> str:
     """Where the student of this config is kept while the stage runs (the contract's scratch, keyed by config)."""
     return storage.join(cfg.output, STAGING, key_hash(cfg), "student")
+
+
+def student_encoder(d: DistilledConfig):
+    """The sentence encoder a `DistilledConfig` names (one place, so training, applying and the benchmarks
+    compute the same features)."""
+    from treasure.models.sentence_encoder import SentenceEncoder
+
+    return SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size, d.layers)
 
 
 def check_student_encoder(student: Student, encoder) -> None:
@@ -150,13 +158,11 @@ def train_student(examples: list, eval_examples: list | None, config: dict, line
     """Ray task body: embed the teacher's prompts, fit the heads, score on the hand-labelled set; the student's files."""
     import torch
 
-    from treasure.models.sentence_encoder import SentenceEncoder
-
     cfg = AnnotateConfig.model_validate(config)
     d, t = cfg.tagger.distilled, cfg.tagger
     torch.set_num_threads(max(1, int(t.pool.num_cpus)))
     t0 = time.monotonic()
-    enc = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size, d.layers)
+    enc = student_encoder(d)
     X = enc.encode([student_text({"prompt": e.text}, t.max_prompt_chars) for e in examples])
     fit = {"hidden": d.hidden, "l2": d.l2, "balanced": d.class_weight == "balanced",
            "source_weights": dict(d.teacher.source_weights)}
@@ -224,13 +230,12 @@ class DistilledTagger:
         import torch
 
         from treasure.annotate.workers import cached_taxonomy
-        from treasure.models.sentence_encoder import SentenceEncoder
 
         self.cfg = AnnotateConfig.model_validate(config)
         t, d = self.cfg.tagger, self.cfg.tagger.distilled
         torch.set_num_threads(max(1, int(t.pool.num_cpus)))
         self.student = load_student(student_dir(self.cfg))
-        self.encoder = SentenceEncoder(d.encoder, d.max_tokens, d.dtype, d.encode_batch_size, d.layers)
+        self.encoder = student_encoder(d)
         check_student_encoder(self.student, self.encoder)
         taxonomy = cached_taxonomy(self.cfg.taxonomy)
         self.allowed = {c: tuple(taxonomy.category(c).allowed) for c in t.categories}
